@@ -1,0 +1,42 @@
+# anacuda: the two commands are `make demo` and `make test`. Each installs what is missing,
+# builds the extension in place (incrementally) and runs. Set PYTHON to choose an interpreter.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PYTEST_ARGS ?=
+# The packages the build, tests, demo and benchmarks need (torch itself: see `deps`).
+DEPS := ninja pybind11 numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn
+RESULTS := benchmarks/results
+
+.PHONY: help deps build test demo bench gpu-check clean
+
+help:
+	@echo "make demo | test | bench | gpu-check | clean"
+
+# torch: a CUDA build when none is installed (so the CUDA kernels compile wherever nvcc is).
+deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
+	@$(PYTHON) -c "import ninja, pybind11, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn" 2>/dev/null \
+		|| $(PIP) install $(DEPS)
+
+build: deps
+	$(PYTHON) setup.py -q build_ext --inplace
+
+test: build
+	$(PYTHON) -m pytest tests -q $(PYTEST_ARGS)
+
+demo: build
+	$(PYTHON) -m anacuda.demo
+
+bench: build
+	$(PYTHON) benchmarks/run.py --out $(RESULTS)
+
+# On a GPU machine without network (torch, nvcc, ninja and the test packages already there):
+# build against the installed torch, run every test including the CUDA ones, then the
+# benchmarks, and write a report to benchmarks/results/.
+gpu-check:
+	$(PIP) install --no-build-isolation --no-deps -e . 2>&1 | tail -n 3
+	mkdir -p $(RESULTS)
+	$(PYTHON) benchmarks/gpu_check.py --out $(RESULTS)
+
+clean:
+	rm -rf build dist *.egg-info anacuda/_C*.so anacuda/_build_info.py .pytest_cache .benchmarks

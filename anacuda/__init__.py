@@ -1,0 +1,58 @@
+"""anacuda: fused CPU and CUDA kernels for Additive Noise Annealing (ANA), its straight-through
+estimator variants and alpha-blending. Start with anacuda.functional.ana and anacuda.Quantizer;
+the semantics are in SPEC.md, executable in anacuda.reference."""
+
+import torch
+
+
+def _load_extension():
+    try:
+        from . import _build_info
+    except ImportError:
+        raise ImportError(
+            "anacuda: the compiled extension is missing; build it with "
+            "`pip install --no-build-isolation .` (or `make build`) in the anacuda source folder"
+        ) from None
+    built, running = _build_info.TORCH_VERSION.split("+")[0], torch.__version__.split("+")[0]
+    if built.split(".")[:2] != running.split(".")[:2]:
+        raise ImportError(
+            f"anacuda: the extension was built for torch {_build_info.TORCH_VERSION} but torch {torch.__version__} "
+            "is installed; rebuild it against this torch with `pip install --no-build-isolation --force-reinstall .`"
+        )
+    try:
+        from . import _C
+    except ImportError as err:
+        raise ImportError(
+            f"anacuda: the extension failed to load ({err}); it was built for torch {_build_info.TORCH_VERSION}"
+            f"{' with CUDA ' + _build_info.CUDA_VERSION if _build_info.CUDA_VERSION else ''} and torch "
+            f"{torch.__version__} is running. Rebuild with `pip install --no-build-isolation --force-reinstall .`"
+        ) from err
+    return _C, _build_info
+
+
+_C, _build_info = _load_extension()
+
+from . import functional, ops, reference  # noqa: E402,F401
+from .quantizer import NOISES, STRATEGIES, Noise, Quantizer  # noqa: E402,F401
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """How the extension was built: torch version, whether CUDA kernels are compiled in, the CUDA
+    version and architectures."""
+    return {
+        "version": __version__,
+        "torch": _build_info.TORCH_VERSION,
+        "cuda_kernels": bool(_C.with_cuda()),
+        "cuda": _build_info.CUDA_VERSION,
+        "cuda_arch_list": _build_info.CUDA_ARCH_LIST,
+    }
+
+
+def cuda_available() -> bool:
+    """True when the CUDA kernels are compiled in and a GPU is visible."""
+    return bool(_C.with_cuda()) and torch.cuda.is_available()
+
+
+__all__ = ["Quantizer", "Noise", "NOISES", "STRATEGIES", "functional", "reference", "build_info", "cuda_available"]

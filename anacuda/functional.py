@@ -1,0 +1,70 @@
+"""User-facing functions, like torch.nn.functional. The semantics are SPEC.md's; the
+executable form of it is anacuda.reference, with the same signatures."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import ops  # noqa: F401  (registers fakes and autograd)
+from .quantizer import Noise, Param, Quantizer, as_param, check_noise_name, check_strategy
+
+
+def _check_input(x, quantizer, fn: str):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"anacuda.{fn}: x must be a tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"anacuda.{fn}: x must be float64, float32, float16 or bfloat16, got {x.dtype}")
+    if not isinstance(quantizer, Quantizer):
+        raise TypeError(f"anacuda.{fn}: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
+
+
+def ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise):
+    """Checks the arguments of ana and turns them into the op's (shared with reference.ana)."""
+    _check_input(x, quantizer, "ana")
+    check_noise_name(noise)
+    check_strategy(strategy)
+    mu_t = as_param(mu, "mu")
+    sigma_t = as_param(sigma, "sigma", "nonnegative")
+    eps_t = as_param(eps, "eps", "positive", scalar=False)
+    if backward_noise is None:
+        back = Noise(noise, mu_t, sigma_t)
+    else:
+        b = Noise.of(backward_noise)
+        back = Noise(b.name, as_param(b.mu, "backward mu"), as_param(b.sigma, "backward sigma", "nonnegative"))
+    return mu_t, sigma_t, eps_t, back
+
+
+def ana(
+    x: torch.Tensor,
+    quantizer: Quantizer,
+    noise: str = "uniform",
+    mu: Param = 0.0,
+    sigma: Param = 0.5,
+    strategy: str = "expectation",
+    training: bool = True,
+    eps: Param = 1.0,
+    backward_noise=None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Additive Noise Annealing of the stair `quantizer`: ``eps * g(x / eps)`` (SPEC §4, §5).
+
+    noise: uniform, triangular, normal or logistic, with location `mu` and scale `sigma` (in
+    units of eps). strategy: expectation (the smoothed stair), mode (the most likely level) or
+    random (a noisy sample). With ``training=False`` or ``sigma == 0`` the output is the hard
+    stair ``Q(x / eps - mu)``. The gradient is the closed-form derivative of the stair smoothed
+    by `backward_noise` (a ``(noise, mu, sigma)`` tuple; by default the forward noise).
+    mu, sigma and eps may be numbers or tensors (on the host or x's device); tensors change
+    without recompilation or synchronisation. eps broadcasts to x (e.g. shape (C, 1, 1)).
+    """
+    mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise)
+    levels, thresholds = quantizer.tables(x.device, x.dtype)
+    seed = None
+    if strategy == "random" and training:
+        # (seed, stream) from torch's generator for x's device: torch.manual_seed reproduces it.
+        seed = torch.empty(2, dtype=torch.int64, device=x.device).random_(generator=generator)
+    return torch.ops.anacuda.ana(
+        x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, bool(training), seed,
+        back.name, back.mu, back.sigma,
+    )

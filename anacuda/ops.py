@@ -1,0 +1,45 @@
+"""The thin layer over torch.ops.anacuda: fake (meta) implementations and autograd.
+
+Schemas live in csrc/anacuda.cpp, kernels in csrc/cpu and csrc/cuda. Every op returns a new
+contiguous tensor of its input's shape and dtype.
+"""
+
+import torch
+
+_FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _fresh_like(x: torch.Tensor) -> torch.Tensor:
+    torch._check(x.dtype in _FLOATS, lambda: f"anacuda: input must be a floating tensor, got {x.dtype}")
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# --- ana -------------------------------------------------------------------------------------
+@torch.library.register_fake("anacuda::ana")
+def _ana_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed,
+              noise_b, mu_b, sigma_b):
+    return _fresh_like(x)
+
+
+@torch.library.register_fake("anacuda::ana_backward")
+def _ana_backward_fake(grad, x, levels, thresholds, uniform_grid, eps, noise_b, mu_b, sigma_b):
+    return _fresh_like(x)
+
+
+def _ana_setup_context(ctx, inputs, output):
+    x, levels, thresholds, uniform_grid, eps, _n, _mu, _sigma, _st, _tr, _seed, noise_b, mu_b, sigma_b = inputs
+    ctx.save_for_backward(x, levels, thresholds, eps, mu_b, sigma_b)
+    ctx.uniform_grid = uniform_grid
+    ctx.noise_b = noise_b
+
+
+def _ana_backward(ctx, grad):
+    x, levels, thresholds, eps, mu_b, sigma_b = ctx.saved_tensors
+    gx = None
+    if ctx.needs_input_grad[0]:
+        gx = torch.ops.anacuda.ana_backward(grad, x, levels, thresholds, ctx.uniform_grid, eps, ctx.noise_b, mu_b,
+                                            sigma_b)
+    return (gx,) + (None,) * 13
+
+
+torch.library.register_autograd("anacuda::ana", _ana_backward, setup_context=_ana_setup_context)

@@ -1,0 +1,214 @@
+"""The value objects of anacuda: Quantizer (SPEC §1) and Noise (SPEC §3).
+
+Argument validation lives here, once; functional, the layers and the controllers call it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple, Sequence, Union
+
+import torch
+
+NOISES = ("uniform", "triangular", "normal", "logistic")
+STRATEGIES = ("expectation", "mode", "random")
+
+Param = Union[float, torch.Tensor]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half types and float32 compute in float32, float64 in float64 (SPEC §7)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_vector(values, name: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        t = values.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"anacuda.Quantizer: {name} must be a sequence of numbers, got {values!r}") from err
+    if t.dim() != 1:
+        raise ValueError(f"anacuda.Quantizer: {name} must be one-dimensional, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"anacuda.Quantizer: {name} must be finite, got {t.tolist()}")
+    return t
+
+
+class Quantizer:
+    """A stair function with K + 1 levels and K strictly increasing thresholds (SPEC §1).
+
+    Levels and thresholds are in units of the scale eps. An input exactly on a threshold goes to
+    the upper level. ``Quantizer.binary()``, ``.ternary()`` and ``.uniform(nbits, signed,
+    balanced)`` build the named quantisers.
+    """
+
+    def __init__(self, levels: Sequence[float], thresholds: Sequence[float]):
+        lv = _as_vector(levels, "levels")
+        th = _as_vector(thresholds, "thresholds")
+        if th.numel() == 0:
+            raise ValueError("anacuda.Quantizer: at least one threshold is needed (K >= 1)")
+        if lv.numel() != th.numel() + 1:
+            raise ValueError(
+                f"anacuda.Quantizer: K thresholds need K + 1 levels; got {th.numel()} thresholds "
+                f"and {lv.numel()} levels"
+            )
+        steps = th[1:] - th[:-1]
+        if (steps <= 0).any():
+            i = int(torch.nonzero(steps <= 0)[0])
+            raise ValueError(
+                "anacuda.Quantizer: thresholds must be strictly increasing; "
+                f"threshold {i + 1} ({th[i + 1].item()}) does not exceed threshold {i} ({th[i].item()})"
+            )
+        self._levels = lv
+        self._thresholds = th
+        # Equally spaced thresholds let the kernels find an element's bin by arithmetic; the
+        # flag is only a hint (the kernels compare against the stored thresholds either way).
+        k = th.numel()
+        if k >= 2:
+            h = (th[-1] - th[0]) / (k - 1)
+            ideal = th[0] + h * torch.arange(k, dtype=torch.float64)
+            self.uniform_grid = bool((th - ideal).abs().max() <= 1e-6 * h)
+        else:
+            self.uniform_grid = False
+        self._tables: dict = {}
+
+    # --- named quantisers -----------------------------------------------------------------
+    @classmethod
+    def binary(cls) -> "Quantizer":
+        return cls([-1.0, 1.0], [0.0])
+
+    @classmethod
+    def ternary(cls) -> "Quantizer":
+        return cls([-1.0, 0.0, 1.0], [-0.5, 0.5])
+
+    @classmethod
+    def uniform(cls, nbits: int, signed: bool = True, balanced: bool = False) -> "Quantizer":
+        """Integer levels 0 … 2^nbits − 1, minus 2^(nbits−1) if signed, the lowest dropped if
+        signed and balanced; thresholds halfway between neighbours."""
+        if isinstance(nbits, bool) or not isinstance(nbits, numbers.Integral) or not 1 <= nbits <= 24:
+            raise ValueError(f"anacuda.Quantizer.uniform: nbits must be an integer in [1, 24], got {nbits!r}")
+        levels = torch.arange(2**nbits, dtype=torch.float64)
+        if signed:
+            levels -= 2 ** (nbits - 1)
+            if balanced:
+                levels = levels[1:]
+        if levels.numel() < 2:
+            raise ValueError(
+                "anacuda.Quantizer.uniform: a signed, balanced 1-bit grid has a single level; use "
+                "Quantizer.binary() or nbits >= 2"
+            )
+        return cls(levels, levels[:-1] + 0.5)
+
+    # --- views ----------------------------------------------------------------------------
+    @property
+    def levels(self) -> torch.Tensor:
+        return self._levels.clone()
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        return self._thresholds.clone()
+
+    @property
+    def num_levels(self) -> int:
+        return self._levels.numel()
+
+    def tables(self, device: torch.device, dtype: torch.dtype):
+        """(levels, thresholds) in the compute dtype for an input of `dtype`, on `device`.
+
+        Cached per (device, dtype): the copy to the device happens once, not per call.
+        """
+        key = (torch.device(device), compute_dtype(dtype))
+        hit = self._tables.get(key)
+        if hit is None:
+            hit = (self._levels.to(device=key[0], dtype=key[1]), self._thresholds.to(device=key[0], dtype=key[1]))
+            self._tables[key] = hit
+        return hit
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        """The hard stair Q(u), in plain PyTorch (a convenience; the kernels do not use it)."""
+        th = self._thresholds.to(device=u.device, dtype=compute_dtype(u.dtype))
+        lv = self._levels.to(device=u.device, dtype=compute_dtype(u.dtype))
+        return lv[torch.searchsorted(th, u.to(th.dtype).contiguous(), right=True)].to(u.dtype)
+
+    def __repr__(self) -> str:
+        if self.num_levels <= 9:
+            return f"Quantizer(levels={self._levels.tolist()}, thresholds={self._thresholds.tolist()})"
+        return (
+            f"Quantizer({self.num_levels} levels in [{self._levels.min().item():g}, "
+            f"{self._levels.max().item():g}], {'uniform' if self.uniform_grid else 'arbitrary'} grid)"
+        )
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, Quantizer)
+            and torch.equal(self._levels, other._levels)
+            and torch.equal(self._thresholds, other._thresholds)
+        )
+
+    def __hash__(self) -> int:
+        return hash((tuple(self._levels.tolist()), tuple(self._thresholds.tolist())))
+
+
+def check_noise_name(name) -> str:
+    if name not in NOISES:
+        raise ValueError(f"anacuda: unknown noise {name!r}; expected one of {', '.join(NOISES)}")
+    return name
+
+
+def check_strategy(name) -> str:
+    if name not in STRATEGIES:
+        raise ValueError(f"anacuda: unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    return name
+
+
+def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True) -> torch.Tensor:
+    """A hyper-parameter as a tensor the op takes.
+
+    Python numbers are checked here and become float64 host tensors (no device copy). Tensors
+    pass as they are (on the host or the input's device; the op checks host values, and a
+    device value is never read on the host, so it causes no synchronisation).
+    minimum: "any", "nonnegative" or "positive".
+    """
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"anacuda: {name} must be a floating tensor, got {value.dtype}")
+        if scalar and value.numel() != 1:
+            raise ValueError(f"anacuda: {name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
+        if value.requires_grad:
+            raise ValueError(f"anacuda: {name} takes no gradient in this op; pass {name}.detach()")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"anacuda: {name} must be a number or a tensor, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"anacuda: {name} must be finite, got {v}")
+    if minimum == "nonnegative" and v < 0:
+        raise ValueError(f"anacuda: {name} must be >= 0, got {v}")
+    if minimum == "positive" and v <= 0:
+        raise ValueError(f"anacuda: {name} must be > 0, got {v}")
+    return torch.tensor(v, dtype=torch.float64)
+
+
+class Noise(NamedTuple):
+    """A noise law with location mu and scale sigma, in units of eps (SPEC §3)."""
+
+    name: str = "uniform"
+    mu: Param = 0.0
+    sigma: Param = 0.5
+
+    @classmethod
+    def of(cls, spec) -> "Noise":
+        """A Noise from a Noise, a (name, mu, sigma) tuple, or a name (mu = 0, sigma = 0.5)."""
+        if isinstance(spec, Noise):
+            noise = spec
+        elif isinstance(spec, str):
+            noise = cls(spec)
+        elif isinstance(spec, (tuple, list)) and len(spec) == 3:
+            noise = cls(*spec)
+        else:
+            raise TypeError(f"anacuda: a noise is a name or a (name, mu, sigma) tuple, got {spec!r}")
+        check_noise_name(noise.name)
+        return noise

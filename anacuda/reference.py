@@ -1,0 +1,141 @@
+"""The executable spec (SPEC.md) in plain PyTorch.
+
+An O(K) composite like the paper's own code: every element meets every threshold through a
+K-wide temporary. Tests compare the kernels with it and benchmarks use it as the baseline;
+the fast path never calls it. Same signatures as anacuda.functional.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .functional import ana_args
+from .quantizer import Param, Quantizer, compute_dtype
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+# --- the noise laws, standardised (v = z / sigma), SPEC §3 ----------------------------------
+def cdf(noise: str, v: torch.Tensor) -> torch.Tensor:
+    if noise == "uniform":
+        return ((v + 1) / 2).clamp(0, 1)
+    if noise == "triangular":
+        inside = (1 + v * (2 - v.abs())) / 2
+        return torch.where(v <= -1, torch.zeros_like(v), torch.where(v >= 1, torch.ones_like(v), inside))
+    if noise == "normal":
+        return 0.5 * torch.special.erfc(-v * _SQRT1_2)
+    if noise == "logistic":
+        return torch.sigmoid(v)
+    raise ValueError(noise)
+
+
+def pdf(noise: str, v: torch.Tensor) -> torch.Tensor:
+    if noise == "uniform":  # half-open support [-1, 1)
+        return torch.where((v >= -1) & (v < 1), torch.full_like(v, 0.5), torch.zeros_like(v))
+    if noise == "triangular":
+        return (1 - v.abs()).clamp(min=0)
+    if noise == "normal":
+        return torch.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
+    if noise == "logistic":
+        f = torch.sigmoid(v)
+        return f * (1 - f)
+    raise ValueError(noise)
+
+
+def quantile(noise: str, r: torch.Tensor) -> torch.Tensor:
+    if noise == "uniform":
+        return 2 * r - 1
+    if noise == "triangular":
+        return torch.where(r < 0.5, torch.sqrt(2 * r) - 1, 1 - torch.sqrt(2 * (1 - r)))
+    if noise == "normal":
+        return math.sqrt(2) * torch.special.erfinv(2 * r - 1)
+    if noise == "logistic":
+        return torch.log(r) - torch.log1p(-r)
+    raise ValueError(noise)
+
+
+# --- the stair ---------------------------------------------------------------------------------
+def hard_stair(a: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Q(a) = q_0 + sum_i dq_i H(a - theta_i); on a threshold, the upper level."""
+    idx = (a.unsqueeze(-1) >= thresholds).sum(-1)
+    return torch.where(torch.isnan(a), a, levels[idx])
+
+
+def _ana_forward(a, levels, thresholds, noise, sigma, strategy, training, generator):
+    hard = hard_stair(a, levels, thresholds)
+    if not training:
+        return hard
+    safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    if strategy == "random":
+        r = torch.rand(a.shape, dtype=a.dtype, device=a.device, generator=generator)
+        r = r.clamp(torch.finfo(a.dtype).tiny, 1 - torch.finfo(a.dtype).eps)  # the open interval (0, 1)
+        y = hard_stair(a + safe * quantile(noise, r), levels, thresholds)
+    else:
+        P = cdf(noise, (a.unsqueeze(-1) - thresholds) / safe)  # (..., K): the K-wide temporary
+        dq = levels[1:] - levels[:-1]
+        if strategy == "expectation":
+            y = levels[0] + (dq * P).sum(-1)
+        else:  # mode: probabilities of the K + 1 levels; the upper level wins a tie
+            one = torch.ones_like(P[..., :1])
+            p = torch.cat([one, P], -1) - torch.cat([P, 0 * one], -1)
+            k = p.shape[-1] - 1 - p.flip(-1).argmax(-1)
+            y = levels[k]
+        y = torch.where(torch.isnan(a), a, y)
+    return torch.where(sigma > 0, y, hard)
+
+
+def stair_derivative(a, levels, thresholds, noise, sigma):
+    """sum_i dq_i f_sigma(a - theta_i); exactly 0 when sigma = 0; NaN where a is NaN."""
+    safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    dq = levels[1:] - levels[:-1]
+    d = (dq * pdf(noise, (a.unsqueeze(-1) - thresholds) / safe)).sum(-1) / safe
+    d = torch.where(sigma > 0, d, torch.zeros_like(d))
+    return torch.where(torch.isnan(a), a, d)
+
+
+class _ReferenceANA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, levels, thresholds, eps, noise, mu, sigma, strategy, training, back, generator):
+        acc = compute_dtype(x.dtype)
+        xf, eps = x.to(acc), eps.to(device=x.device, dtype=acc)
+        u = xf / eps
+        y = eps * _ana_forward(u - mu.to(u), levels, thresholds, noise, sigma.to(u), strategy, training, generator)
+        ctx.save_for_backward(x, levels, thresholds, eps)
+        ctx.back = back
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, levels, thresholds, eps = ctx.saved_tensors
+        name, mu_b, sigma_b = ctx.back
+        u = x.to(eps.dtype) / eps
+        d = stair_derivative(u - mu_b.to(u), levels, thresholds, name, sigma_b.to(u))
+        return (grad.to(d.dtype) * d).to(x.dtype), None, None, None, None, None, None, None, None, None, None
+
+
+def ana(
+    x: torch.Tensor,
+    quantizer: Quantizer,
+    noise: str = "uniform",
+    mu: Param = 0.0,
+    sigma: Param = 0.5,
+    strategy: str = "expectation",
+    training: bool = True,
+    eps: Param = 1.0,
+    backward_noise=None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Reference of anacuda.functional.ana (same signature and semantics). The random strategy
+    draws its noise from torch.rand: equal in distribution to the kernels, not sample by sample."""
+    mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise)
+    acc = compute_dtype(x.dtype)
+    levels = quantizer.levels.to(device=x.device, dtype=acc)
+    thresholds = quantizer.thresholds.to(device=x.device, dtype=acc)
+    dev = dict(device=x.device, dtype=acc)
+    back = (back.name, back.mu.to(**dev), back.sigma.to(**dev))
+    return _ReferenceANA.apply(
+        x, levels, thresholds, eps_t, noise, mu_t.to(**dev), sigma_t.to(**dev), strategy, bool(training), back, generator
+    )

@@ -1,0 +1,41 @@
+// Every op schema of anacuda, in one place. Kernels: cpu/<name>.cpp and cuda/<name>.cu.
+// Fakes and autograd: anacuda/ops.py. Semantics: SPEC.md and anacuda/reference.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(anacuda, m) {
+  // --- ANA (SPEC §4, §5) ---------------------------------------------------------------
+  // y = eps * g(x / eps). levels/thresholds: the quantiser in the compute dtype (float64 for
+  // float64 inputs, float32 otherwise) on the input's device; uniform_grid: the thresholds
+  // are equally spaced. mu, sigma, eps: tensors on the host or the input's device, so that
+  // changing them recompiles nothing. seed: (seed, stream) int64, for strategy "random".
+  // The backward noise (noise_b, mu_b, sigma_b) rides along for autograd.
+  m.def(
+      "ana(Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, Tensor eps, "
+      "str noise, Tensor mu, Tensor sigma, str strategy, bool training, Tensor? seed, "
+      "str noise_b, Tensor mu_b, Tensor sigma_b) -> Tensor");
+  // grad_x = grad * sum_t dq_t * f_b(x / eps - mu_b - theta_t)
+  m.def(
+      "ana_backward(Tensor grad, Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, "
+      "Tensor eps, str noise_b, Tensor mu_b, Tensor sigma_b) -> Tensor");
+}
+
+// `import anacuda._C` loads the library (and so the registrations above). The module also
+// reports how it was built.
+namespace {
+
+#ifndef ANACUDA_WITH_CUDA
+#define ANACUDA_WITH_CUDA 0
+#endif
+
+PyObject* with_cuda(PyObject*, PyObject*) { return PyBool_FromLong(ANACUDA_WITH_CUDA); }
+
+PyMethodDef methods[] = {
+    {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels are compiled in."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module); }

@@ -1,0 +1,53 @@
+// Compile-time dispatch: the dtype list (one place), the noise laws and the strategies.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
+#include <string_view>
+#include <type_traits>
+
+#include "noise.h"
+
+// Every op supports exactly these input dtypes; half types compute in float (SPEC §7).
+#define ANACUDA_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+namespace anacuda {
+
+inline NoiseKind parse_noise(std::string_view s) {
+  if (s == "uniform") return NoiseKind::Uniform;
+  if (s == "triangular") return NoiseKind::Triangular;
+  if (s == "normal") return NoiseKind::Normal;
+  if (s == "logistic") return NoiseKind::Logistic;
+  TORCH_CHECK(false, "anacuda: unknown noise '", s, "'; expected uniform, triangular, normal or logistic");
+}
+
+inline Strategy parse_strategy(std::string_view s) {
+  if (s == "expectation") return Strategy::Expectation;
+  if (s == "mode") return Strategy::Mode;
+  if (s == "random") return Strategy::Random;
+  TORCH_CHECK(false, "anacuda: unknown strategy '", s, "'; expected expectation, mode or random");
+}
+
+template <NoiseKind N> using NoiseTag = std::integral_constant<NoiseKind, N>;
+template <Strategy S> using StrategyTag = std::integral_constant<Strategy, S>;
+
+// f(NoiseTag<N>{}) for the runtime value n.
+template <typename F> void dispatch_noise(NoiseKind n, F&& f) {
+  switch (n) {
+    case NoiseKind::Uniform: f(NoiseTag<NoiseKind::Uniform>{}); break;
+    case NoiseKind::Triangular: f(NoiseTag<NoiseKind::Triangular>{}); break;
+    case NoiseKind::Normal: f(NoiseTag<NoiseKind::Normal>{}); break;
+    case NoiseKind::Logistic: f(NoiseTag<NoiseKind::Logistic>{}); break;
+  }
+}
+
+template <typename F> void dispatch_strategy(Strategy s, F&& f) {
+  switch (s) {
+    case Strategy::Expectation: f(StrategyTag<Strategy::Expectation>{}); break;
+    case Strategy::Mode: f(StrategyTag<Strategy::Mode>{}); break;
+    case Strategy::Random: f(StrategyTag<Strategy::Random>{}); break;
+  }
+}
+
+}  // namespace anacuda

@@ -1,0 +1,157 @@
+"""Builds the one compiled extension, anacuda._C, from csrc/.
+
+CPU kernels are always built. CUDA kernels are built when ANACUDA_WITH_CUDA=1, or (when the
+variable is unset) when torch is a CUDA build, nvcc is found, and a GPU is visible or
+TORCH_CUDA_ARCH_LIST is set. ANACUDA_WITH_CUDA=0 forces a CPU-only build.
+
+Install with `pip install --no-build-isolation .` so the extension is built against the torch
+that is installed (the wheel pins that torch's minor version).
+"""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+
+
+def _toolkit_from_nvcc():
+    """The real CUDA toolkit folder behind the first nvcc on PATH (which may be a wrapper)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    real = os.path.realpath(nvcc)
+    candidate = os.path.dirname(os.path.dirname(real))
+    if os.path.isfile(os.path.join(candidate, "include", "cuda_runtime.h")):
+        return candidate
+    # A wrapper script: ask nvcc itself where it lives.
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60)
+        text = out.stdout + out.stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for key in ("TOP", "_HERE_"):
+        m = re.search(rf"^#\$ {key}=(.+)$", text, re.MULTILINE)
+        if m:
+            path = os.path.realpath(m.group(1).strip())
+            if key == "_HERE_":
+                path = os.path.dirname(path)
+            if os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")):
+                return path
+    return None
+
+
+def _find_cuda_home():
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        path = os.environ.get(var)
+        if path and os.path.isfile(os.path.join(path, "bin", "nvcc")):
+            return path
+    path = _toolkit_from_nvcc()
+    if path:
+        return path
+    for path in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
+        if os.path.isfile(os.path.join(path, "bin", "nvcc")):
+            return os.path.realpath(path)
+    return None
+
+
+CUDA_HOME = _find_cuda_home()
+if CUDA_HOME:
+    # torch.utils.cpp_extension reads it at import time.
+    os.environ["CUDA_HOME"] = CUDA_HOME
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    flag = os.environ.get("ANACUDA_WITH_CUDA")
+    if flag is not None and flag.strip() != "":
+        want = flag.strip() not in ("0", "false", "False", "no")
+        if want and (torch.version.cuda is None or CUDA_HOME is None):
+            sys.exit(
+                "anacuda: ANACUDA_WITH_CUDA=1 but "
+                + ("torch is a CPU-only build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) was found")
+                + "; install a CUDA build of torch and the CUDA toolkit, or set ANACUDA_WITH_CUDA=0"
+            )
+        return want
+    return (
+        torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and (torch.cuda.is_available() or bool(os.environ.get("TORCH_CUDA_ARCH_LIST")))
+    )
+
+
+def _wheel_cuda_includes():
+    """Include folders of torch's CUDA wheels (site-packages/nvidia/*/include) that hold headers
+    the toolkit lacks (e.g. cusparse.h). They are searched after the toolkit's own."""
+    toolkit = os.path.join(CUDA_HOME, "include")
+    have = set(os.listdir(toolkit)) if os.path.isdir(toolkit) else set()
+    dirs = []
+    for site in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        for inc in sorted(glob.glob(os.path.join(site, "nvidia", "*", "include"))):
+            if set(os.listdir(inc)) - have:
+                dirs.append(inc)
+    return dirs
+
+
+WITH_CUDA = _want_cuda()
+if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+    os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # no GPU to ask: Ampere and Hopper
+
+torch_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+sources = ["csrc/anacuda.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+cxx_flags = ["-O3", "-Wall", "-Wno-unknown-pragmas"]
+define_macros = [("ANACUDA_WITH_CUDA", "1" if WITH_CUDA else "0")]
+if WITH_CUDA:
+    # No fast math: CPU and CUDA must agree with the reference; no FMA contraction either,
+    # so the two compute the same roundings.
+    nvcc_flags = ["-O3", "--fmad=false", "--expt-relaxed-constexpr", "-lineinfo"]
+    wheel_includes = _wheel_cuda_includes()
+    for inc in wheel_includes:
+        nvcc_flags += ["-isystem", inc]
+    ext = CUDAExtension(
+        "anacuda._C",
+        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+    )
+else:
+    wheel_includes = []
+    ext = CppExtension("anacuda._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx_flags})
+
+# Recorded for the run-time check in anacuda/__init__.py.
+with open(os.path.join(ROOT, "anacuda", "_build_info.py"), "w") as f:
+    f.write("# Written by setup.py at build time.\n")
+    f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+    f.write(f"WITH_CUDA = {WITH_CUDA!r}\n")
+    f.write(f"CUDA_VERSION = {(torch.version.cuda if WITH_CUDA else None)!r}\n")
+    f.write(f"CUDA_ARCH_LIST = {(os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPU') if WITH_CUDA else None)!r}\n")
+
+print(
+    "anacuda build: torch {} | CUDA kernels: {} | CUDA_HOME: {} | arch: {} | extra CUDA includes: {}".format(
+        torch.__version__,
+        "yes" if WITH_CUDA else "no",
+        CUDA_HOME,
+        os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPU") if WITH_CUDA else "-",
+        len(wheel_includes),
+    ),
+    file=sys.stderr,
+)
+
+setup(
+    name="anacuda",
+    version=VERSION,
+    packages=find_packages(include=["anacuda", "anacuda.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension},
+    install_requires=[f"torch=={torch_minor}.*", "numpy"],
+    zip_safe=False,
+)
