@@ -127,13 +127,36 @@ else:
     wheel_includes = []
     ext = CppExtension("anacuda._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx_flags})
 
-# Recorded for the run-time check in anacuda/__init__.py.
-with open(os.path.join(ROOT, "anacuda", "_build_info.py"), "w") as f:
-    f.write("# Written by setup.py at build time.\n")
-    f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
-    f.write(f"WITH_CUDA = {WITH_CUDA!r}\n")
-    f.write(f"CUDA_VERSION = {(torch.version.cuda if WITH_CUDA else None)!r}\n")
-    f.write(f"CUDA_ARCH_LIST = {(os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPU') if WITH_CUDA else None)!r}\n")
+def _nvcc_version():
+    try:
+        out = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"], capture_output=True, text=True)
+        m = re.search(r"release (\d+\.\d+)", out.stdout)
+        return m.group(1) if m else None
+    except OSError:
+        return None
+
+
+class Build(BuildExtension):
+    """build_ext that also records, for the run-time check in anacuda/__init__.py, what it built."""
+
+    def run(self):
+        info = "".join([
+            "# Written by setup.py at build time.\n",
+            f"TORCH_VERSION = {torch.__version__!r}\n",
+            f"WITH_CUDA = {WITH_CUDA!r}\n",
+            f"CUDA_VERSION = {(torch.version.cuda if WITH_CUDA else None)!r}\n",
+            f"NVCC_VERSION = {(_nvcc_version() if WITH_CUDA else None)!r}\n",
+            f"CUDA_ARCH_LIST = {(os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPU') if WITH_CUDA else None)!r}\n",
+        ])
+        targets = {os.path.join(ROOT, "anacuda")}
+        if not self.inplace:
+            targets.add(os.path.join(self.build_lib, "anacuda"))
+        for folder in targets:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "_build_info.py"), "w") as f:
+                f.write(info)
+        super().run()
+
 
 print(
     "anacuda build: torch {} | CUDA kernels: {} | CUDA_HOME: {} | arch: {} | extra CUDA includes: {}".format(
@@ -151,7 +174,7 @@ setup(
     version=VERSION,
     packages=find_packages(include=["anacuda", "anacuda.*"]),
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": Build},
     install_requires=[f"torch=={torch_minor}.*", "numpy"],
     zip_safe=False,
 )

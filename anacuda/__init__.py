@@ -46,6 +46,7 @@ def build_info() -> dict:
         "torch": _build_info.TORCH_VERSION,
         "cuda_kernels": bool(_C.with_cuda()),
         "cuda": _build_info.CUDA_VERSION,
+        "nvcc": getattr(_build_info, "NVCC_VERSION", None),
         "cuda_arch_list": _build_info.CUDA_ARCH_LIST,
     }
 

@@ -68,3 +68,15 @@ def ana(
         x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, bool(training), seed,
         back.name, back.mu, back.sigma,
     )
+
+
+def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param = 1.0) -> torch.Tensor:
+    """Alpha-blending (Liu & Mattina, arXiv 1903.01061; SPEC §6):
+    ``alpha * eps * Q(w / eps) + (1 - alpha) * w`` with gradient ``(1 - alpha) * grad`` (none
+    through the quantised term). alpha in [0, 1] (ramped 0 -> 1 in training) and eps may be
+    numbers or tensors; eps broadcasts to w (e.g. one value per output channel)."""
+    _check_input(w, quantizer, "alpha_blend")
+    alpha_t = as_param(alpha, "alpha", "unit")
+    eps_t = as_param(eps, "eps", "positive", scalar=False)
+    levels, thresholds = quantizer.tables(w.device, w.dtype)
+    return torch.ops.anacuda.alpha_blend(w, levels, thresholds, quantizer.uniform_grid, eps_t, alpha_t)

@@ -43,3 +43,23 @@ def _ana_backward(ctx, grad):
 
 
 torch.library.register_autograd("anacuda::ana", _ana_backward, setup_context=_ana_setup_context)
+
+
+# --- alpha_blend ------------------------------------------------------------------------------
+@torch.library.register_fake("anacuda::alpha_blend")
+def _alpha_blend_fake(w, levels, thresholds, uniform_grid, eps, alpha):
+    return _fresh_like(w)
+
+
+def _alpha_blend_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[5])
+
+
+def _alpha_blend_backward(ctx, grad):
+    (alpha,) = ctx.saved_tensors
+    # No gradient through the quantised term (SPEC §6): one multiply, no kernel of its own.
+    gw = grad * (1 - alpha.to(grad.dtype).reshape(())) if ctx.needs_input_grad[0] else None
+    return gw, None, None, None, None, None
+
+
+torch.library.register_autograd("anacuda::alpha_blend", _alpha_blend_backward, setup_context=_alpha_blend_setup_context)

@@ -118,9 +118,13 @@ class Quantizer:
     def tables(self, device: torch.device, dtype: torch.dtype):
         """(levels, thresholds) in the compute dtype for an input of `dtype`, on `device`.
 
-        Cached per (device, dtype): the copy to the device happens once, not per call.
+        Cached per (device, dtype): the copy to the device happens once, not per call. Under
+        torch.compile the tables are constants of the graph instead (a cache mutated while
+        tracing would make Dynamo recompile once it holds the entry).
         """
         key = (torch.device(device), compute_dtype(dtype))
+        if torch.compiler.is_compiling():
+            return (self._levels.to(device=key[0], dtype=key[1]), self._thresholds.to(device=key[0], dtype=key[1]))
         hit = self._tables.get(key)
         if hit is None:
             hit = (self._levels.to(device=key[0], dtype=key[1]), self._thresholds.to(device=key[0], dtype=key[1]))
@@ -170,7 +174,7 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True)
     Python numbers are checked here and become float64 host tensors (no device copy). Tensors
     pass as they are (on the host or the input's device; the op checks host values, and a
     device value is never read on the host, so it causes no synchronisation).
-    minimum: "any", "nonnegative" or "positive".
+    minimum: "any", "nonnegative", "positive" or "unit" (in [0, 1]).
     """
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
@@ -189,6 +193,8 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True)
         raise ValueError(f"anacuda: {name} must be >= 0, got {v}")
     if minimum == "positive" and v <= 0:
         raise ValueError(f"anacuda: {name} must be > 0, got {v}")
+    if minimum == "unit" and not 0 <= v <= 1:
+        raise ValueError(f"anacuda: {name} must be in [0, 1], got {v}")
     return torch.tensor(v, dtype=torch.float64)
 
 

@@ -139,3 +139,21 @@ def ana(
     return _ReferenceANA.apply(
         x, levels, thresholds, eps_t, noise, mu_t.to(**dev), sigma_t.to(**dev), strategy, bool(training), back, generator
     )
+
+
+def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param = 1.0) -> torch.Tensor:
+    """Reference of anacuda.functional.alpha_blend: alpha * eps * Q(w / eps) + (1 - alpha) * w,
+    the quantised term detached (no straight-through gradient)."""
+    from .functional import _check_input
+    from .quantizer import as_param
+
+    _check_input(w, quantizer, "alpha_blend")
+    acc = compute_dtype(w.dtype)
+    alpha = as_param(alpha, "alpha", "unit").to(device=w.device, dtype=acc)
+    eps = as_param(eps, "eps", "positive", scalar=False).to(device=w.device, dtype=acc)
+    levels = quantizer.levels.to(device=w.device, dtype=acc)
+    thresholds = quantizer.thresholds.to(device=w.device, dtype=acc)
+    wf = w.to(acc)
+    q = (alpha * eps * hard_stair(wf.detach() / eps, levels, thresholds)).detach()
+    float_term = torch.where(alpha < 1, (1 - alpha) * wf, torch.zeros_like(wf))
+    return (q + float_term).to(w.dtype)

@@ -18,6 +18,13 @@ TORCH_LIBRARY(anacuda, m) {
   m.def(
       "ana_backward(Tensor grad, Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, "
       "Tensor eps, str noise_b, Tensor mu_b, Tensor sigma_b) -> Tensor");
+
+  // --- Alpha-blending (SPEC §6) ---------------------------------------------------------
+  // y = alpha * eps * Q(w / eps) + (1 - alpha) * w; alpha a one-element tensor in [0, 1].
+  // The gradient, (1 - alpha) * grad, is composed in anacuda/ops.py.
+  m.def(
+      "alpha_blend(Tensor w, Tensor levels, Tensor thresholds, bool uniform_grid, Tensor eps, "
+      "Tensor alpha) -> Tensor");
 }
 
 // `import anacuda._C` loads the library (and so the registrations above). The module also

@@ -64,11 +64,19 @@ inline void check_input(const at::Tensor& x, const char* name) {
               "anacuda: ", name, " must be float64, float32, float16 or bfloat16, got ", x.scalar_type());
 }
 
+inline void check_grad(const at::Tensor& grad, const at::Tensor& x) {
+  TORCH_CHECK(grad.defined() && grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() &&
+                  grad.device() == x.device(),
+              "anacuda: the gradient must have the input's shape, dtype and device; got ", grad.sizes(), " ",
+              grad.scalar_type(), " on ", grad.device(), " for an input ", x.sizes(), " ", x.scalar_type(), " on ",
+              x.device());
+}
+
 inline bool on_host_or(const at::Tensor& t, const at::Device& d) {
   return t.device().is_cpu() || t.device() == d;
 }
 
-enum class Range { Any, NonNegative };
+enum class Range { Any, NonNegative, Unit };
 
 // Checks a scalar hyper-parameter; returns its value when it lives on the host.
 inline std::optional<double> check_scalar(const at::Tensor& t, const at::Device& dev, const char* name, Range range) {
@@ -78,7 +86,8 @@ inline std::optional<double> check_scalar(const at::Tensor& t, const at::Device&
   if (!t.device().is_cpu()) return std::nullopt;
   const double v = t.item<double>();  // host memory: no synchronisation
   TORCH_CHECK(std::isfinite(v), "anacuda: ", name, " must be finite, got ", v);
-  TORCH_CHECK(range == Range::Any || v >= 0, "anacuda: ", name, " must be >= 0, got ", v);
+  TORCH_CHECK(range == Range::Any || v >= 0, "anacuda: ", name, range == Range::Unit ? " must be in [0, 1]" : " must be >= 0", ", got ", v);
+  TORCH_CHECK(range != Range::Unit || v <= 1, "anacuda: ", name, " must be in [0, 1], got ", v);
   return v;
 }
 
@@ -187,24 +196,52 @@ inline void check_grid(const at::Tensor& levels, const at::Tensor& thresholds, c
               "anacuda: levels and thresholds must be on the input's device ", x.device());
 }
 
+template <typename T> Grid<T> grid_arg(const at::Tensor& levels, const at::Tensor& thresholds, bool uniform_grid,
+                                       const at::Tensor& x, std::vector<at::Tensor>& keep) {
+  check_grid(levels, thresholds, x);
+  at::Tensor th = thresholds.contiguous(), lv = levels.contiguous();
+  keep.push_back(th);
+  keep.push_back(lv);
+  Grid<T> g;
+  g.theta = th.const_data_ptr<T>();
+  g.q = lv.const_data_ptr<T>();
+  g.K = th.numel();
+  g.uniform = uniform_grid && th.numel() >= 2;
+  g.theta0 = T(0);
+  g.inv_step = T(0);
+  return g;
+}
+
 template <typename T>
 AnaArgs<T> make_args(const at::Tensor& x, const at::Tensor& levels, const at::Tensor& thresholds,
                      bool uniform_grid, const at::Tensor& eps, const at::Tensor& mu,
                      const at::Tensor& sigma, const char* mu_name, const char* sigma_name) {
-  check_grid(levels, thresholds, x);
   AnaArgs<T> a;
-  at::Tensor th = thresholds.contiguous(), lv = levels.contiguous();
-  a.keep.push_back(th);
-  a.keep.push_back(lv);
-  a.grid.theta = th.const_data_ptr<T>();
-  a.grid.q = lv.const_data_ptr<T>();
-  a.grid.K = th.numel();
-  a.grid.uniform = uniform_grid && th.numel() >= 2;
-  a.grid.theta0 = T(0);
-  a.grid.inv_step = T(0);
+  a.grid = grid_arg<T>(levels, thresholds, uniform_grid, x, a.keep);
   a.eps = eps_arg<T>(eps, x, a.keep);
   a.mu = scalar_arg<T>(mu, x.device(), mu_name, Range::Any, a.keep);
   a.sigma = scalar_arg<T>(sigma, x.device(), sigma_name, Range::NonNegative, a.keep);
+  return a;
+}
+
+// Alpha-blending (SPEC §6): the quantiser, eps and alpha.
+template <typename T> struct BlendParams {
+  Grid<T> grid;
+  EpsLayout<T> eps;
+  Scalar<T> alpha;
+};
+
+template <typename T> struct BlendArgs : BlendParams<T> {
+  std::vector<at::Tensor> keep;
+};
+
+template <typename T>
+BlendArgs<T> make_blend_args(const at::Tensor& w, const at::Tensor& levels, const at::Tensor& thresholds,
+                             bool uniform_grid, const at::Tensor& eps, const at::Tensor& alpha) {
+  BlendArgs<T> a;
+  a.grid = grid_arg<T>(levels, thresholds, uniform_grid, w, a.keep);
+  a.eps = eps_arg<T>(eps, w, a.keep);
+  a.alpha = scalar_arg<T>(alpha, w.device(), "alpha", Range::Unit, a.keep);
   return a;
 }
 
