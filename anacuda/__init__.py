@@ -32,8 +32,10 @@ def _load_extension():
 
 _C, _build_info = _load_extension()
 
-from . import functional, ops, reference  # noqa: E402,F401
+from . import functional, ops, reference, scale  # noqa: E402,F401
 from .quantizer import NOISES, STRATEGIES, Noise, Quantizer  # noqa: E402,F401
+from . import nn  # noqa: E402,F401
+from .nn import AlphaController, NoiseController, convert, freeze  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
@@ -56,4 +58,5 @@ def cuda_available() -> bool:
     return bool(_C.with_cuda()) and torch.cuda.is_available()
 
 
-__all__ = ["Quantizer", "Noise", "NOISES", "STRATEGIES", "functional", "reference", "build_info", "cuda_available"]
+__all__ = ["Quantizer", "Noise", "NOISES", "STRATEGIES", "functional", "reference", "scale", "nn", "convert",
+           "NoiseController", "AlphaController", "freeze", "build_info", "cuda_available"]

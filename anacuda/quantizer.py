@@ -64,6 +64,8 @@ class Quantizer:
             )
         self._levels = lv
         self._thresholds = th
+        # Python numbers, so that code traced by torch.compile reads no tensor value.
+        self.min_level, self.max_level = float(lv.min()), float(lv.max())
         # Equally spaced thresholds let the kernels find an element's bin by arithmetic; the
         # flag is only a hint (the kernels compare against the stored thresholds either way).
         k = th.numel()

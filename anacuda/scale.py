@@ -35,7 +35,7 @@ def _positive(eps: torch.Tensor) -> torch.Tensor:
 
 
 def _top(quantizer: Quantizer) -> float:
-    lo, hi = quantizer._levels.min().item(), quantizer._levels.max().item()
+    lo, hi = quantizer.min_level, quantizer.max_level
     if lo < 0 < hi:
         return min(-lo, hi)
     top = max(abs(lo), abs(hi))
@@ -54,7 +54,7 @@ def min_max(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) ->
     """The smallest eps that clips neither max x (onto the highest level) nor min x (onto the
     lowest): max(max x / q_K, min x / q_0) over the levels of the right sign (activation
     calibration; for unsigned levels 0 … q_K it is max x / q_K)."""
-    lo, hi = quantizer._levels.min().item(), quantizer._levels.max().item()
+    lo, hi = quantizer.min_level, quantizer.max_level
 
     def fn(t, d):
         parts = []

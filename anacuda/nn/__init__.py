@@ -1,0 +1,13 @@
+"""Drop-in quantised layers, model conversion, annealing controllers and freezing."""
+
+from .activation import ANAActivation
+from .controller import AlphaController, Decay, NoiseController, auto_groups
+from .convert import convert, quantised_modules
+from .freeze import FrozenConv, FrozenLinear, HardQuantizer, freeze
+from .layers import (ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv1d, AlphaBlendConv2d,
+                     AlphaBlendConv3d, AlphaBlendLinear)
+
+__all__ = ["ANAActivation", "ANALinear", "ANAConv1d", "ANAConv2d", "ANAConv3d", "AlphaBlendLinear",
+           "AlphaBlendConv1d", "AlphaBlendConv2d", "AlphaBlendConv3d", "convert", "NoiseController",
+           "AlphaController", "Decay", "auto_groups", "freeze", "FrozenLinear", "FrozenConv", "HardQuantizer",
+           "quantised_modules"]

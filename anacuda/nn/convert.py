@@ -1,0 +1,121 @@
+"""anacuda.convert: an existing PyTorch model, with its activations and weight layers replaced
+by their quantised counterparts, keeping the trained weights and biases."""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..quantizer import Param, Quantizer
+from .activation import ANAActivation
+from .layers import (ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv1d, AlphaBlendConv2d,
+                     AlphaBlendConv3d, AlphaBlendLinear)
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_ANA = {nn.Linear: ANALinear, nn.Conv1d: ANAConv1d, nn.Conv2d: ANAConv2d, nn.Conv3d: ANAConv3d}
+_BLEND = {nn.Linear: AlphaBlendLinear, nn.Conv1d: AlphaBlendConv1d, nn.Conv2d: AlphaBlendConv2d,
+          nn.Conv3d: AlphaBlendConv3d}
+
+
+def _weight_layer(m: nn.Module, cls, **quant):
+    if isinstance(m, nn.Linear):
+        new = cls(m.in_features, m.out_features, m.bias is not None, m.weight.device, m.weight.dtype, **quant)
+    else:
+        new = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                  m.bias is not None, m.padding_mode, m.weight.device, m.weight.dtype, **quant)
+    with torch.no_grad():
+        new.weight.copy_(m.weight)
+        if m.bias is not None:
+            new.bias.copy_(m.bias)
+    new.train(m.training)
+    return new.to(m.weight.device)
+
+
+def convert(
+    model: nn.Module,
+    *,
+    weights: Optional[str] = "ana",
+    activations: Optional[str] = "ana",
+    weight_quantizer: Optional[Quantizer] = None,
+    activation_quantizer: Optional[Quantizer] = None,
+    noise: str = "uniform",
+    strategy: str = "mode",
+    mu: Param = 0.0,
+    sigma: Param = 0.5,
+    backward_noise=None,
+    weight_eps: Union[str, Param] = "max_abs_per_channel",
+    activation_eps: Param = 1.0,
+    alpha: Param = 0.0,
+    skip: Iterable[Union[str, type]] = (),
+    inplace: bool = False,
+) -> nn.Module:
+    """Returns `model` with ReLU/ReLU6/Hardtanh replaced by ANAActivation and Linear/Conv1d/2d/3d
+    by ANA layers (``weights="ana"``) or alpha-blending layers (``weights="alpha_blend"``);
+    ``weights=None`` / ``activations=None`` leave those alone.
+
+    Defaults follow the CVPR 2022 CIFAR-10 setting: ternary weights and activations, uniform
+    noise σ = 0.5, strategy mode (the clipped STE). `skip` holds module names (as in
+    ``model.named_modules()``, a prefix skips a whole subtree) or module types to keep in float,
+    e.g. ``skip=["conv1", "fc"]`` for the first and last layer of a ResNet. The model is deep
+    copied unless ``inplace=True``.
+    """
+    if weights not in ("ana", "alpha_blend", None):
+        raise ValueError(f"anacuda.convert: weights must be 'ana', 'alpha_blend' or None, got {weights!r}")
+    if activations not in ("ana", None):
+        raise ValueError(f"anacuda.convert: activations must be 'ana' or None, got {activations!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"anacuda.convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    skip = list(skip) if not isinstance(skip, (str, type)) else [skip]
+    for s in skip:
+        if not isinstance(s, (str, type)):
+            raise TypeError(f"anacuda.convert: skip holds module names or types, got {s!r}")
+    names = {n for n, _ in model.named_modules()}
+    unknown = [s for s in skip if isinstance(s, str) and s not in names]
+    if unknown:
+        raise ValueError(f"anacuda.convert: skip names {unknown} are not modules of the model")
+    wq = weight_quantizer or Quantizer.ternary()
+    aq = activation_quantizer or Quantizer.ternary()
+    if weights == "ana":
+        quant = dict(quantizer=wq, noise=noise, strategy=strategy, mu=mu, sigma=sigma, eps=weight_eps,
+                     backward_noise=backward_noise)
+        table = _ANA
+    else:
+        quant = dict(quantizer=wq, alpha=alpha, eps=weight_eps)
+        table = _BLEND
+
+    def skipped(name: str, m: nn.Module) -> bool:
+        return any((isinstance(s, type) and isinstance(m, s)) or
+                   (isinstance(s, str) and (name == s or name.startswith(s + "."))) for s in skip)
+
+    model = model if inplace else copy.deepcopy(model)
+    for name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if skipped(full, child):
+                continue
+            new = None
+            if activations and type(child) in ACTIVATIONS:
+                new = ANAActivation(aq, noise, strategy, mu, sigma, activation_eps, backward_noise)
+                new.to(_device_of(model)).train(child.training)
+            elif weights and type(child) in table:
+                new = _weight_layer(child, table[type(child)], **quant)
+            if new is not None:
+                setattr(parent, child_name, new)
+    return model
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def quantised_modules(model: nn.Module, kinds: Sequence[type] = ()):
+    """(name, module) of every anacuda layer in the model, in module order."""
+    from .activation import NoiseHyperParams
+    from .layers import AlphaBlendWeight
+
+    kinds = tuple(kinds) or (NoiseHyperParams, AlphaBlendWeight)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]

@@ -1,0 +1,108 @@
+"""anacuda.freeze: the deployed network. Weights are stored as integer codes (indices of the
+quantiser's levels) plus eps; activations are hard quantisers. Plain PyTorch ops only, so the
+result runs without the extension's kernels and exports with torch.export."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .activation import ANAActivation
+from .layers import AlphaBlendWeight, ANAWeight
+
+
+def _code_dtype(n: int) -> torch.dtype:
+    return torch.uint8 if n <= 256 else (torch.int16 if n <= 32768 else torch.int32)
+
+
+class HardQuantizer(nn.Module):
+    """y = eps · Q(x / eps − μ): the eval-mode ANAActivation, in plain PyTorch."""
+
+    def __init__(self, act: ANAActivation):
+        super().__init__()
+        q = act.quantizer
+        self.register_buffer("levels", q._levels.to(torch.float32))
+        self.register_buffer("thresholds", q._thresholds.to(torch.float32))
+        self.register_buffer("eps", act.eps.detach().float().clone())
+        self.register_buffer("mu", act.mu.detach().float().clone())
+
+    def forward(self, x):
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        eps = self.eps.to(acc)
+        u = x.to(acc) / eps - self.mu.to(acc)
+        idx = torch.searchsorted(self.thresholds.to(acc), u.contiguous(), right=True)
+        y = eps * self.levels.to(acc)[idx]
+        return torch.where(torch.isnan(u), u, y).to(x.dtype)
+
+
+class _FrozenWeight:
+    """Replaces `weight` by a property computed from the codes: levels[codes] · eps."""
+
+    def _freeze_from(self, layer):
+        with torch.no_grad():
+            eps = layer.weight_eps().detach().float()
+            levels = layer.quantizer._levels.to(device=layer.weight.device, dtype=torch.float32)
+            # The eval-mode quantised weight, and the nearest level of each entry.
+            wq = layer.eval().quantized_weight().detach().float()
+            mid = (levels[1:] + levels[:-1]) / 2
+            codes = torch.searchsorted(mid.contiguous(), (wq / eps).contiguous())
+            if not torch.equal(levels[codes] * eps, wq):
+                raise RuntimeError("anacuda.freeze: the quantised weight is not on the quantiser's levels "
+                                   "(levels must be increasing for freeze)")
+        self.register_buffer("codes", codes.to(_code_dtype(levels.numel())))
+        self.register_buffer("levels", levels)
+        self.register_buffer("eps", eps)
+        self.weight_dtype = layer.weight.dtype
+
+    def frozen_weight(self):
+        return (self.levels[self.codes.long()] * self.eps).to(self.weight_dtype)
+
+
+class FrozenLinear(_FrozenWeight, nn.Module):
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self._freeze_from(layer)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.frozen_weight(), self.bias)
+
+
+class FrozenConv(_FrozenWeight, nn.Module):
+    def __init__(self, layer: nn.modules.conv._ConvNd):
+        super().__init__()
+        self.dims = len(layer.kernel_size)
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.padding_mode = layer.padding_mode
+        self._reversed_padding_repeated_twice = layer._reversed_padding_repeated_twice
+        self._freeze_from(layer)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        conv = (nn.functional.conv1d, nn.functional.conv2d, nn.functional.conv3d)[self.dims - 1]
+        w = self.frozen_weight()
+        if self.padding_mode != "zeros":
+            x = nn.functional.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """An inference copy of a converted model: ANA and alpha-blending weight layers become
+    FrozenLinear / FrozenConv (integer codes + eps), ANAActivation becomes HardQuantizer. Its
+    outputs equal the eval-mode outputs of `model`; it is in eval mode and exports with
+    torch.export."""
+    model = copy.deepcopy(model).eval()
+    for name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, (ANAWeight, AlphaBlendWeight)):
+                new = FrozenLinear(child) if isinstance(child, nn.Linear) else FrozenConv(child)
+            elif isinstance(child, ANAActivation):
+                new = HardQuantizer(child)
+            else:
+                continue
+            setattr(parent, child_name, new.to(next(child.buffers()).device).eval())
+    return model

@@ -1,0 +1,324 @@
+"""Layers, conversion, controllers, compile, DDP and freeze (anacuda.nn)."""
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import anacuda
+from anacuda import Quantizer
+from anacuda import functional as F
+from anacuda.nn import (ANAActivation, ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv2d,
+                        AlphaBlendLinear, AlphaController, Decay, NoiseController, auto_groups, convert, freeze)
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.Hardtanh(), nn.Linear(16, 10))
+
+
+# --- layers -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, shape, args", [
+    (ANALinear, (5, 7), (7, 3)),
+    (ANAConv1d, (2, 3, 9), (3, 4, 3)),
+    (ANAConv2d, (2, 3, 6, 6), (3, 4, 3)),
+    (ANAConv3d, (1, 2, 4, 4, 4), (2, 3, 2)),
+])
+def test_ana_layer_equals_functional_on_weight(cls, shape, args):
+    torch.manual_seed(0)
+    layer = cls(*args, quantizer=Quantizer.uniform(2), noise="normal", strategy="expectation", sigma=0.3, eps=0.05)
+    x = torch.randn(shape)
+    base = getattr(nn, cls.__name__.replace("ANA", ""))
+    ref = base(*args)
+    ref.load_state_dict({k: v for k, v in layer.state_dict().items() if k in ref.state_dict()})
+    wq = F.ana(layer.weight, layer.quantizer, "normal", 0.0, 0.3, "expectation", True, 0.05)
+    ref.weight.data = wq.detach()
+    torch.testing.assert_close(layer(x), ref(x))
+    # eval: the hard stair on the weight
+    layer.eval()
+    wq = F.ana(layer.weight, layer.quantizer, training=False, eps=0.05)
+    ref.weight.data = wq.detach()
+    torch.testing.assert_close(layer(x), ref(x))
+    assert "noise=normal" in repr(layer) and "sigma=0.3" in repr(layer)
+
+
+def test_buffers_in_state_dict_and_to_and_half():
+    act = ANAActivation(sigma=0.25, mu=-0.5, backward_noise=("uniform", 0.0, 0.5))
+    lin = ANALinear(4, 3, sigma=0.2)
+    sd = act.state_dict()
+    assert set(sd) == {"mu", "sigma", "mu_b", "sigma_b", "eps"}
+    assert sd["sigma"].item() == 0.25 and sd["mu"].item() == -0.5
+    other = ANAActivation(backward_noise=("uniform", 0.0, 0.5))
+    other.load_state_dict(sd)
+    assert other.sigma.item() == 0.25
+    assert lin.to(torch.float64).sigma.dtype == torch.float64
+    h = lin.half()
+    assert h.weight.dtype == torch.float16
+    y = h(torch.randn(2, 4, dtype=torch.float16))
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+def test_eval_mode_is_the_hard_quantiser():
+    act = ANAActivation(Quantizer.ternary(), noise="logistic", strategy="expectation", sigma=0.3, eps=0.5)
+    x = torch.linspace(-2, 2, 101)
+    assert not torch.equal(act(x), F.ana(x, Quantizer.ternary(), training=False, eps=0.5))
+    act.eval()
+    torch.testing.assert_close(act(x), F.ana(x, Quantizer.ternary(), training=False, eps=0.5), rtol=0, atol=0)
+
+
+def test_alpha_blend_layers():
+    torch.manual_seed(0)
+    lin = AlphaBlendLinear(6, 4, quantizer=Quantizer.uniform(3), alpha=0.3, eps=0.1)
+    x = torch.randn(2, 6)
+    expected = nn.functional.linear(x, F.alpha_blend(lin.weight, lin.quantizer, 0.3, 0.1), lin.bias)
+    torch.testing.assert_close(lin(x), expected)
+    lin.eval()  # deployed: fully quantised whatever alpha
+    expected = nn.functional.linear(x, F.alpha_blend(lin.weight, lin.quantizer, 1.0, 0.1), lin.bias)
+    torch.testing.assert_close(lin(x), expected)
+    conv = AlphaBlendConv2d(2, 3, 3, alpha=0.5)
+    assert conv(torch.randn(1, 2, 5, 5)).shape == (1, 3, 3, 3)
+
+
+def test_init_near_thresholds():
+    torch.manual_seed(0)
+    lin = ANALinear(100, 50, quantizer=Quantizer.ternary(), eps=0.2, init="thresholds")
+    u = lin.weight / 0.2
+    near = torch.minimum((u - 0.5).abs(), (u + 0.5).abs())
+    assert near.max() <= 1 / math.sqrt(100) + 1e-6
+    with pytest.raises(ValueError, match="fixed"):
+        ANALinear(4, 4, init="thresholds")  # dynamic eps
+
+
+# --- convert ----------------------------------------------------------------------------------
+def test_convert_replaces_and_keeps_weights():
+    m = small_cnn()
+    c = convert(m)
+    kinds = [type(x).__name__ for x in c]
+    assert kinds == ["ANAConv2d", "BatchNorm2d", "ANAActivation", "ANAConv2d", "BatchNorm2d", "ANAActivation",
+                     "Flatten", "ANALinear", "ANAActivation", "ANALinear"]
+    assert c[3].groups == 2 and c[3].bias is None
+    for i in (0, 3, 7, 9):
+        assert torch.equal(c[i].weight, m[i].weight)
+    assert c[0].noise == "uniform" and c[0].strategy == "mode" and c[0].sigma.item() == 0.5
+    assert c[0].quantizer == Quantizer.ternary() and c[2].quantizer == Quantizer.ternary()
+    assert type(m[0]) is nn.Conv2d  # the original is untouched
+
+
+def test_convert_skip_and_alpha_blend():
+    m = small_cnn()
+    c = convert(m, skip=["0", "9", nn.Hardtanh])
+    assert type(c[0]) is nn.Conv2d and type(c[9]) is nn.Linear and type(c[8]) is nn.Hardtanh
+    assert isinstance(c[3], ANAConv2d)
+    b = convert(m, weights="alpha_blend", activations=None, weight_quantizer=Quantizer.uniform(4))
+    assert isinstance(b[0], AlphaBlendConv2d) and type(b[2]) is nn.ReLU
+    with pytest.raises(ValueError, match="not modules"):
+        convert(m, skip=["nope"])
+    with pytest.raises(ValueError, match="weights must be"):
+        convert(m, weights="lsq")
+
+
+def test_convert_train_step_on_small_cnn():
+    c = convert(small_cnn())
+    opt = torch.optim.SGD(c.parameters(), lr=0.1)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(10, (8,))
+    loss = nn.functional.cross_entropy(c(x), y)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in c.parameters() if p.requires_grad)
+    before = c[0].weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, c[0].weight)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_torchvision_models_convert_and_train(arch):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    m = getattr(tv.models, arch)(num_classes=10)
+    first = "conv1" if arch == "resnet18" else "features.0.0"
+    last = "fc" if arch == "resnet18" else "classifier.1"
+    c = convert(m, skip=[first, last])
+    n_ana = sum(isinstance(x, (ANAConv2d, ANALinear)) for x in c.modules())
+    assert n_ana > 10
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    opt = torch.optim.SGD(c.parameters(), lr=0.01)
+    loss = nn.functional.cross_entropy(c(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    c.eval()
+    f = freeze(c)
+    torch.testing.assert_close(f(x), c(x), rtol=0, atol=0)
+
+
+# --- controllers ------------------------------------------------------------------------------
+def test_decay_shapes():
+    assert Decay("bws", 0, 10, 2)(5) == pytest.approx(0.25)
+    assert Decay("bws", 0, 10, 2)(-1) == 1 and Decay("bws", 0, 10, 2)(10) == 0 and Decay("bws", 0, 10, 2)(11) == 0
+    assert Decay("linear", 2, 4, 1)(3) == pytest.approx(0.5)
+    assert Decay("cosine", 0, 10, 1)(5) == pytest.approx(0.5)
+    assert Decay("uws", 0, 1, 1, 0.1)(3) == pytest.approx(0.25) and Decay("uws", 0, 1, 1, 0.1)(20) == 0
+    assert Decay("constant")(7) == 1
+    with pytest.raises(ValueError, match="tstart < tend"):
+        Decay("bws", 3, 3)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        Decay("exp", 0, 1)
+
+
+def test_auto_groups_and_windows():
+    c = convert(small_cnn())
+    assert auto_groups(c) == [["0", "2"], ["3", "5"], ["7", "8"], ["9"]]
+    T, L = 40, 4
+    for window, expected in [("overlapped", [(0, 40)] * 4), ("partition", [(0, 10), (10, 20), (20, 30), (30, 40)]),
+                             ("same_start", [(0, 10), (0, 20), (0, 30), (0, 40)]),
+                             ("same_end", [(30, 40), (20, 40), (10, 40), (0, 40)])]:
+        ctl = NoiseController(c, T, window=window, sigma0=0.5, mu0=-0.5)
+        for l, (ts, te) in enumerate(expected):
+            mid = (ts + te) / 2
+            v = ctl.values(mid)[l]
+            assert v["sigma"] == pytest.approx(0.5 * 0.25) and v["mu"] == pytest.approx(-0.25)  # homogeneous
+            assert ctl.values(te)[l]["sigma"] == 0 and ctl.values(ts)[l]["sigma"] == pytest.approx(0.5)
+    ctl = NoiseController(c, T, power="progressive", window="overlapped")
+    v = ctl.values(20)
+    assert [g["sigma"] for g in v] == pytest.approx([0.5 * 0.5 ** (2 * (L - l)) for l in range(L)])
+
+
+def test_controller_writes_buffers_steps_and_state():
+    c = convert(small_cnn())
+    ctl = NoiseController(c, 10, window="partition")
+    ctl.step(2.5)  # fractional epochs
+    assert c[0].sigma.item() == 0.0  # group 0's window is [0, 2.5]
+    assert c[3].sigma.item() == pytest.approx(0.5)
+    ctl.step()
+    assert ctl.t == 3.5 and c[3].sigma.item() == pytest.approx(0.5 * (1 - 1 / 2.5) ** 2)
+    state = ctl.state_dict()
+    c2 = convert(small_cnn())
+    ctl2 = NoiseController(c2, 10, window="partition")
+    ctl2.load_state_dict(state)
+    assert c2[3].sigma.item() == c[3].sigma.item()
+    with pytest.raises(ValueError, match="no ANA layers"):
+        NoiseController(small_cnn())
+    with pytest.raises(ValueError, match="partition the layers"):
+        NoiseController(c, 10, groups=[["0"], ["0"]])
+
+
+def test_ctrl_spec_from_quantlab():
+    c = convert(small_cnn())
+    spec = [{"modules": ["0", "2"], "mi": {"beta": -0.5, "fun": "bws", "kwargs": {"tstart": 0, "tend": 10, "alpha": 1}},
+             "sigma": {"beta": 0.5, "fun": "bws", "kwargs": {"tstart": 0, "tend": 10, "alpha": 2}}},
+            {"modules": ["3", "5", "7", "8", "9"], "mi": {"beta": 0.0},
+             "sigma": {"beta": 0.5, "fun": "uws", "kwargs": {"tstart": 5, "eps": 0.1, "alpha": 1}}}]
+    ctl = NoiseController(c, ctrl_spec=spec)
+    ctl.step(5)
+    assert c[0].mu.item() == pytest.approx(-0.25) and c[0].sigma.item() == pytest.approx(0.125)
+    assert c[3].sigma.item() == pytest.approx(0.5)
+    ctl.step(8)
+    assert c[3].sigma.item() == pytest.approx(0.5 / 4)
+
+
+def test_alpha_controller():
+    b = convert(small_cnn(), weights="alpha_blend")
+    ctl = AlphaController(b, 10)
+    assert b[0].alpha.item() == 0
+    ctl.step(5)
+    assert b[0].alpha.item() == pytest.approx(1 - 0.5 ** 3)
+    ctl.step(12)
+    assert b[9].alpha.item() == 1
+    lin = AlphaController(b, 10, shape="linear")
+    lin.step(2)
+    assert b[0].alpha.item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="no alpha-blending"):
+        AlphaController(small_cnn())
+
+
+# --- compile ----------------------------------------------------------------------------------
+def test_compiled_model_no_graph_break_no_recompile():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    c = convert(small_cnn(), noise="normal", strategy="expectation")
+    ctl = NoiseController(c, 4)
+    counter = CompileCounter()
+    compiled = torch.compile(c, backend=counter, fullgraph=True)
+    x = torch.randn(4, 1, 8, 8)
+    for t in range(3):
+        ctl.step(t)
+        out = compiled(x)
+        torch.testing.assert_close(out, c(x))
+        out.sum().backward()
+    assert counter.frame_count == 1
+
+
+# --- freeze -----------------------------------------------------------------------------------
+def test_freeze_equals_eval_and_exports():
+    torch.manual_seed(0)
+    c = convert(small_cnn(), weight_quantizer=Quantizer.uniform(4), mu=-0.1)
+    c(torch.randn(8, 1, 8, 8))  # update BN statistics
+    c.eval()
+    f = freeze(c)
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(f(x), c(x), rtol=0, atol=0)
+    assert f[0].codes.dtype == torch.uint8 and f[0].codes.max() <= 15
+    ep = torch.export.export(f, (x,))
+    torch.testing.assert_close(ep.module()(x), c(x), rtol=0, atol=0)
+    assert not any("anacuda" in str(n.target) for n in ep.graph.nodes)
+
+
+# --- distributed ------------------------------------------------------------------------------
+def _ddp_worker(rank, world, port, path):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = convert(small_cnn(), noise="normal", strategy="expectation")
+    ctl = NoiseController(model, 3)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(3, 8, 1, 8, 8, generator=g), torch.randint(10, (3, 8), generator=g)
+    for step in range(3):
+        opt.zero_grad()
+        xs, ys = X[step].chunk(world)[rank], Y[step].chunk(world)[rank]
+        nn.functional.cross_entropy(ddp(xs), ys).backward()
+        opt.step()
+        ctl.step()
+    if rank == 0:
+        torch.save(model.state_dict(), path)
+    dist.destroy_process_group()
+
+
+def test_ddp_matches_single_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, port, path), nprocs=2, join=True)
+    # One process, the same global batch, run as the two halves each rank sees (so BatchNorm
+    # normalises the same samples) with the mean of their losses (DDP averages gradients).
+    torch.manual_seed(0)
+    model = convert(small_cnn(), noise="normal", strategy="expectation")
+    ctl = NoiseController(model, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(3, 8, 1, 8, 8, generator=g), torch.randint(10, (3, 8), generator=g)
+    for step in range(3):
+        opt.zero_grad()
+        halves = [nn.functional.cross_entropy(model(x), y) for x, y in zip(X[step].chunk(2), Y[step].chunk(2))]
+        (sum(halves) / 2).backward()
+        opt.step()
+        ctl.step()
+    ddp_state = torch.load(path)
+    for k, v in model.state_dict().items():
+        if "running" in k or "num_batches" in k:
+            continue  # DDP keeps rank 0's BN statistics
+        torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert ddp_state["0.sigma"].item() == 0.0 and ddp_state["0.sigma"].item() == model[0].sigma.item()
