@@ -32,7 +32,7 @@ def _load_extension():
 
 _C, _build_info = _load_extension()
 
-from . import functional, ops, reference, scale  # noqa: E402,F401
+from . import functional, ops, reference, scale, ste  # noqa: E402,F401
 from .quantizer import NOISES, STRATEGIES, Noise, Quantizer  # noqa: E402,F401
 from . import nn  # noqa: E402,F401
 from .nn import AlphaController, NoiseController, convert, freeze  # noqa: E402,F401
@@ -58,5 +58,5 @@ def cuda_available() -> bool:
     return bool(_C.with_cuda()) and torch.cuda.is_available()
 
 
-__all__ = ["Quantizer", "Noise", "NOISES", "STRATEGIES", "functional", "reference", "scale", "nn", "convert",
+__all__ = ["Quantizer", "Noise", "NOISES", "STRATEGIES", "functional", "reference", "scale", "ste", "nn", "convert",
            "NoiseController", "AlphaController", "freeze", "build_info", "cuda_available"]

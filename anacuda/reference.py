@@ -32,6 +32,20 @@ def cdf(noise: str, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(noise)
 
 
+def centered(noise: str, v: torch.Tensor) -> torch.Tensor:
+    """F(v) − 1/2, accurate near v = 0."""
+    if noise == "uniform":
+        return v.clamp(-1, 1) / 2
+    if noise == "triangular":
+        c = v.clamp(-1, 1)
+        return c * (2 - c.abs()) / 2
+    if noise == "normal":
+        return 0.5 * torch.special.erf(v * _SQRT1_2)
+    if noise == "logistic":
+        return 0.5 * torch.tanh(v / 2)
+    raise ValueError(noise)
+
+
 def pdf(noise: str, v: torch.Tensor) -> torch.Tensor:
     if noise == "uniform":  # half-open support [-1, 1)
         return torch.where((v >= -1) & (v < 1), torch.full_like(v, 0.5), torch.zeros_like(v))
@@ -79,19 +93,43 @@ def _ana_forward(a, levels, thresholds, noise, sigma, strategy, training, genera
         if strategy == "expectation":
             y = levels[0] + (dq * P).sum(-1)
         else:  # mode: probabilities of the K + 1 levels; the upper level wins a tie
-            one = torch.ones_like(P[..., :1])
-            p = torch.cat([one, P], -1) - torch.cat([P, 0 * one], -1)
-            k = p.shape[-1] - 1 - p.flip(-1).argmax(-1)
-            y = levels[k]
+            y = levels[_most_likely_level(noise, (a.unsqueeze(-1) - thresholds) / safe)]
         y = torch.where(torch.isnan(a), a, y)
     return torch.where(sigma > 0, y, hard)
+
+
+def _most_likely_level(noise: str, z: torch.Tensor) -> torch.Tensor:
+    """argmax_k p_k with p_k = F(z_{k-1}) − F(z_k) (z_{-1} = +inf, z_K = −inf); the upper level
+    wins a tie. Each difference is taken in the form rounding cannot spoil: upper tails when both
+    z >= 0, lower tails when both z < 0, the centred CDF across 0; neighbours whose p round to
+    the same number are told apart by p_k − p_{k-1} = 2 C(z_{k-1}) + F(−z_{k-2}) − F(z_k)."""
+    inf = torch.full_like(z[..., :1], float("inf"))
+    zz = torch.cat([inf, inf, z, -inf], -1)  # zz[k + 1] = z_{k-1}
+    best_p = torch.full_like(z[..., 0], -1.0)
+    best = torch.zeros_like(z[..., 0], dtype=torch.long)
+    for k in range(z.shape[-1] + 1):
+        z2, z1, z0 = zz[..., k], zz[..., k + 1], zz[..., k + 2]  # z_{k-2}, z_{k-1}, z_k
+        pk = torch.where(z0 >= 0, cdf(noise, -z0) - cdf(noise, -z1),
+                         torch.where(z1 < 0, cdf(noise, z1) - cdf(noise, z0), centered(noise, z1) - centered(noise, z0)))
+        take = pk >= best_p
+        tie = (pk == best_p) & (best == k - 1)
+        exact = 2 * centered(noise, z1) + cdf(noise, -z2) - cdf(noise, z0) >= 0
+        take = torch.where(tie, exact, take)
+        best_p = torch.where(take, pk, best_p)
+        best = torch.where(take, torch.full_like(best, k), best)
+    return best
 
 
 def stair_derivative(a, levels, thresholds, noise, sigma):
     """sum_i dq_i f_sigma(a - theta_i); exactly 0 when sigma = 0; NaN where a is NaN."""
     safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
     dq = levels[1:] - levels[:-1]
-    d = (dq * pdf(noise, (a.unsqueeze(-1) - thresholds) / safe)).sum(-1) / safe
+    if noise == "uniform":  # the boxes tested by their edges, so that neighbours tile exactly
+        inside = (a.unsqueeze(-1) >= thresholds - safe) & (a.unsqueeze(-1) < thresholds + safe)
+        f = torch.where(inside, torch.full_like(inside, 0.5, dtype=a.dtype), torch.zeros_like(a.unsqueeze(-1)))
+    else:
+        f = pdf(noise, (a.unsqueeze(-1) - thresholds) / safe)
+    d = (dq * f).sum(-1) / safe
     d = torch.where(sigma > 0, d, torch.zeros_like(d))
     return torch.where(torch.isnan(a), a, d)
 

@@ -2,6 +2,7 @@
 //
 // Each law provides, for the compute type T (float or double):
 //   cdf(v)     F(v)
+//   centered(v) F(v) - 1/2, accurate near v = 0 (so a tiny |v| keeps its sign)
 //   pdf(v)     the density of the standardised law (divide by sigma for f_sigma)
 //   quantile(r) the inverse CDF, for r in (0, 1): the sampler of the random strategy
 //   radius()   |v| beyond which F is 0 or 1 and f is 0 to the resolution of T;
@@ -35,6 +36,10 @@ template <> C10_HOST_DEVICE inline float log_(float x) { return ::logf(x); }
 template <typename T> C10_HOST_DEVICE inline T log1p_(T x) { return ::log1p(x); }
 template <> C10_HOST_DEVICE inline float log1p_(float x) { return ::log1pf(x); }
 template <typename T> C10_HOST_DEVICE inline T sqrt_(T x) { return ::sqrt(x); }
+template <typename T> C10_HOST_DEVICE inline T erf_(T x) { return ::erf(x); }
+template <> C10_HOST_DEVICE inline float erf_(float x) { return ::erff(x); }
+template <typename T> C10_HOST_DEVICE inline T tanh_(T x) { return ::tanh(x); }
+template <> C10_HOST_DEVICE inline float tanh_(float x) { return ::tanhf(x); }
 template <> C10_HOST_DEVICE inline float sqrt_(float x) { return ::sqrtf(x); }
 template <typename T> C10_HOST_DEVICE inline T erfinv_(T x) {
 #if defined(__CUDA_ARCH__)
@@ -52,6 +57,7 @@ template <typename T> struct Noise<NoiseKind::Uniform, T> {
     T p = (v + T(1)) * T(0.5);
     return p < T(0) ? T(0) : (p > T(1) ? T(1) : p);
   }
+  static C10_HOST_DEVICE inline T centered(T v) { return (v < T(-1) ? T(-1) : (v > T(1) ? T(1) : v)) * T(0.5); }
   // Half-open support [-1, 1): neighbouring boxes tile without overlap (SPEC §3).
   static C10_HOST_DEVICE inline T pdf(T v) { return (v >= T(-1) && v < T(1)) ? T(0.5) : T(0); }
   static C10_HOST_DEVICE inline T quantile(T r) { return T(2) * r - T(1); }
@@ -64,6 +70,11 @@ template <typename T> struct Noise<NoiseKind::Triangular, T> {
     if (v >= T(1)) return T(1);
     T a = v < T(0) ? -v : v;
     return (T(1) + v * (T(2) - a)) * T(0.5);
+  }
+  static C10_HOST_DEVICE inline T centered(T v) {
+    if (v <= T(-1)) return T(-0.5);
+    if (v >= T(1)) return T(0.5);
+    return v * (T(2) - (v < T(0) ? -v : v)) * T(0.5);
   }
   static C10_HOST_DEVICE inline T pdf(T v) {
     T a = v < T(0) ? -v : v;
@@ -80,6 +91,7 @@ template <typename T> struct Noise<NoiseKind::Normal, T> {
   static C10_HOST_DEVICE inline T cdf(T v) {
     return T(0.5) * detail::erfc_(-v * T(0.70710678118654752440));
   }
+  static C10_HOST_DEVICE inline T centered(T v) { return T(0.5) * detail::erf_(v * T(0.70710678118654752440)); }
   static C10_HOST_DEVICE inline T pdf(T v) {
     return T(0.39894228040143267794) * detail::exp_(T(-0.5) * v * v);
   }
@@ -92,6 +104,7 @@ template <typename T> struct Noise<NoiseKind::Normal, T> {
 
 template <typename T> struct Noise<NoiseKind::Logistic, T> {
   static C10_HOST_DEVICE inline T cdf(T v) { return T(1) / (T(1) + detail::exp_(-v)); }
+  static C10_HOST_DEVICE inline T centered(T v) { return T(0.5) * detail::tanh_(T(0.5) * v); }
   // e^{-|v|} / (1 + e^{-|v|})^2 = F(1 - F), without overflow for large |v|.
   static C10_HOST_DEVICE inline T pdf(T v) {
     T e = detail::exp_(-(v < T(0) ? -v : v));

@@ -11,6 +11,8 @@
 #include "noise.h"
 #include "philox.h"
 
+#include <limits>
+
 namespace anacuda {
 
 template <typename T> struct Grid {
@@ -41,6 +43,16 @@ template <typename T> struct Grid {
   }
 };
 
+// Thresholds [lo, hi) that the noise can reach from a (|a - theta| <= R), widened by one on
+// each side: the formulas then decide the edge cases in exact comparisons, not the rounding of
+// a -+ R. Thresholds below lo are fully on, from hi on fully off.
+template <typename T> C10_HOST_DEVICE inline void window(const Grid<T>& g, T a, T R, int64_t& lo, int64_t& hi) {
+  lo = g.count_le(a - R);
+  hi = g.count_le(a + R);
+  lo = lo > 0 ? lo - 1 : 0;
+  hi = hi < g.K ? hi + 1 : g.K;
+}
+
 // Hard stair Q(a).
 template <typename T> C10_HOST_DEVICE inline T hard_stair(const Grid<T>& g, T a) {
   if (a != a) return a;
@@ -53,39 +65,41 @@ C10_HOST_DEVICE inline T smooth_stair(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
   using L = Noise<N, T>;
   const T R = L::radius() * sigma, inv_sigma = T(1) / sigma;
-  const int64_t lo = g.count_le(a - R), hi = g.count_le(a + R);
+  int64_t lo, hi;
+  window(g, a, R, lo, hi);
   T y = g.q[lo];
   for (int64_t t = lo; t < hi; ++t) y += (g.q[t + 1] - g.q[t]) * L::cdf((a - g.theta[t]) * inv_sigma);
   return y;
 }
 
-// Mode: the most likely level; the upper one on a tie. p_k = P_{k-1} - P_k with P_t the
-// probability that step t is on; when both are near 1 the same difference is taken from the
-// upper tails (1 - P = F(-z) by symmetry), so tiny sigma and 8-bit grids lose nothing.
+// Mode: the most likely level; the upper one on a tie. p_k = P_{k-1} - P_k, with P_t the
+// probability that step t is on, is taken in the form that loses nothing to rounding: from
+// the upper tails (1 - P = F(-z)) when both steps are likely on, from the lower tails when
+// both are likely off, and from the centred CDF (F - 1/2) across z = 0. Two neighbours whose
+// probabilities round to the same number (both near 1/2, a hair from a threshold) are told
+// apart by their exact difference p_k - p_{k-1} = 2 C(z_{k-1}) + F(-z_{k-2}) - F(z_k).
 template <NoiseKind N, typename T>
 C10_HOST_DEVICE inline T mode_stair(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
   using L = Noise<N, T>;
   const T R = L::radius() * sigma, inv_sigma = T(1) / sigma;
-  const int64_t lo = g.count_le(a - R), hi = g.count_le(a + R);
-  // Threshold lo - 1 (or none) is fully on: P = 1, upper tail 0.
-  T p_prev = T(1), s_prev = T(0);
+  const T inf = std::numeric_limits<T>::infinity();
+  int64_t lo, hi;
+  window(g, a, R, lo, hi);
+  T z_prev2 = inf, z_prev = inf;  // thresholds lo - 2, lo - 1 (or none): fully on
   T best_p = T(-1);
   int64_t best = lo;
   for (int64_t k = lo; k <= hi; ++k) {
-    T p = T(0), s = T(1);  // threshold k: fully off when k == hi
-    bool upper = false;    // z_k >= 0: take the difference from the upper tails
-    if (k < hi) {
-      T z = (a - g.theta[k]) * inv_sigma;
-      upper = z >= T(0);
-      T tail = L::cdf(upper ? -z : z);
-      p = upper ? T(1) - tail : tail;
-      s = upper ? tail : T(1) - tail;
-    }
-    T pk = upper ? s - s_prev : p_prev - p;
-    if (pk >= best_p) { best_p = pk; best = k; }
-    p_prev = p;
-    s_prev = s;
+    const T z = k < hi ? (a - g.theta[k]) * inv_sigma : -inf;
+    T pk;
+    if (z >= T(0)) pk = L::cdf(-z) - L::cdf(-z_prev);       // both on: upper tails
+    else if (z_prev < T(0)) pk = L::cdf(z_prev) - L::cdf(z);  // both off: lower tails
+    else pk = L::centered(z_prev) - L::centered(z);           // across 0
+    bool take = pk >= best_p;
+    if (pk == best_p && best == k - 1) take = T(2) * L::centered(z_prev) + L::cdf(-z_prev2) - L::cdf(z) >= T(0);
+    if (take) { best_p = pk; best = k; }
+    z_prev2 = z_prev;
+    z_prev = z;
   }
   return g.q[best];
 }
@@ -97,16 +111,25 @@ C10_HOST_DEVICE inline T random_stair(const Grid<T>& g, T a, T sigma, T r) {
   return g.q[g.count_le(a + sigma * Noise<N, T>::quantile(r))];
 }
 
-// Derivative of the smoothed stair: sum over the window of dq_t * f_sigma(a - theta_t).
+// Derivative of the smoothed stair: sum over the window of dq_t * f_sigma(a - theta_t). The
+// uniform density is tested as theta - sigma <= a < theta + sigma, so that neighbouring boxes
+// whose edges coincide tile exactly (a - theta would round differently on either side).
 template <NoiseKind N, typename T>
 C10_HOST_DEVICE inline T stair_derivative(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
   if (!(sigma > T(0))) return T(0);
   using L = Noise<N, T>;
   const T R = L::radius() * sigma, inv_sigma = T(1) / sigma;
-  const int64_t lo = g.count_le(a - R), hi = g.count_le(a + R);
+  int64_t lo, hi;
+  window(g, a, R, lo, hi);
   T d = T(0);
-  for (int64_t t = lo; t < hi; ++t) d += (g.q[t + 1] - g.q[t]) * L::pdf((a - g.theta[t]) * inv_sigma);
+  for (int64_t t = lo; t < hi; ++t) {
+    if constexpr (N == NoiseKind::Uniform) {
+      if (a >= g.theta[t] - sigma && a < g.theta[t] + sigma) d += (g.q[t + 1] - g.q[t]) * T(0.5);
+    } else {
+      d += (g.q[t + 1] - g.q[t]) * L::pdf((a - g.theta[t]) * inv_sigma);
+    }
+  }
   return d * inv_sigma;
 }
 
