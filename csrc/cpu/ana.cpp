@@ -3,6 +3,7 @@
 
 #include "../common/functors.h"
 #include "loops.h"
+#include "small_grid.h"
 
 namespace anacuda {
 namespace {
@@ -23,6 +24,23 @@ at::Tensor ana_cpu(const at::Tensor& x_, const at::Tensor& levels, const at::Ten
     auto args = make_args<T>(x, levels, thresholds, uniform_grid, eps, mu, sigma, "mu", "sigma");
     if (st == Strategy::Random && training) seed_arg(args, seed, x.device());
     if (x.numel() == 0) return;
+    const T sigma_v = args.sigma.value;
+    const bool smooth = training && sigma_v > T(0), compact = nk == NoiseKind::Uniform || nk == NoiseKind::Triangular;
+    SmallGrid<T> sg;
+    if (make_small_grid(args.grid, sg)) {
+      std::optional<SmallForward> kind;
+      if (!smooth || (st == Strategy::Mode && compact && T(2) * sigma_v <= sg.min_gap)) kind = SmallForward::Hard;
+      else if (st == Strategy::Expectation && compact) kind = SmallForward::Expectation;
+      else if (st == Strategy::Random) kind = SmallForward::Random;
+      if (kind) {
+        dispatch_noise(nk, [&](auto n_tag) {
+          small_forward<decltype(n_tag)::value>(sg, *kind, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                                                x.numel(), args.eps, args.mu.value, sigma_v,
+                                                static_cast<uint64_t>(args.seed.value), static_cast<uint64_t>(args.stream.value));
+        });
+        return;
+      }
+    }
     dispatch_noise(nk, [&](auto n_tag) {
       dispatch_strategy(st, [&](auto s_tag) {
         AnaForward<decltype(n_tag)::value, decltype(s_tag)::value, T> op{};
@@ -47,6 +65,16 @@ at::Tensor ana_backward_cpu(const at::Tensor& grad_, const at::Tensor& x_, const
     using T = at::opmath_type<scalar_t>;
     auto args = make_args<T>(x, levels, thresholds, uniform_grid, eps, mu_b, sigma_b, "backward mu", "backward sigma");
     if (x.numel() == 0) return;
+    SmallGrid<T> sg;
+    if ((nk == NoiseKind::Uniform || nk == NoiseKind::Triangular) && args.sigma.value > T(0) &&
+        make_small_grid(args.grid, sg)) {
+      dispatch_noise(nk, [&](auto n_tag) {
+        small_backward<decltype(n_tag)::value>(sg, g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                               gx.mutable_data_ptr<scalar_t>(), x.numel(), args.eps, args.mu.value,
+                                               args.sigma.value);
+      });
+      return;
+    }
     dispatch_noise(nk, [&](auto n_tag) {
       AnaBackward<decltype(n_tag)::value, T> op{};
       op.p = args;
