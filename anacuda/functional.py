@@ -63,7 +63,7 @@ def ana(
     seed = None
     if strategy == "random" and training:
         # (seed, stream) from torch's generator for x's device: torch.manual_seed reproduces it.
-        seed = torch.empty(2, dtype=torch.int64, device=x.device).random_(generator=generator)
+        seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=x.device, generator=generator)
     return torch.ops.anacuda.ana(
         x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, bool(training), seed,
         back.name, back.mu, back.sigma,
