@@ -1,6 +1,8 @@
-"""`make bench`: time every workload's implementations side by side in one run, print a
-markdown table (median times, speed-up of anacuda, effective GB/s, fraction of the machine's
-limit) and save JSON with the machine, torch version and thread count."""
+"""`make bench`: every workload's implementations side by side in one run, forward and
+forward+backward, against the machine's limit measured in the same run. Prints a markdown
+table (median times, anacuda's speed-up, effective GB/s, fraction of the limit) and the
+targets of the benchmark issue with their ratios; saves JSON (machine, torch, threads) and a
+PNG plot."""
 
 from __future__ import annotations
 
@@ -9,77 +11,191 @@ import json
 import os
 import platform
 import sys
+import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the workloads beside, anacuda in the repo root
 
 import anacuda  # noqa: E402
-from timing import forward_backward, median_seconds  # noqa: E402
-from workloads import workloads  # noqa: E402
+from timing import median_seconds  # noqa: E402
+from workloads import limits, workloads  # noqa: E402
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
+def machine(device: str) -> str:
+    if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def bench_device(device: str, numel: int, repeat: int):
+def check_same_forward(w, x, impls):
+    ref = impls["anacuda"](x).float()
+    for name, fn in impls.items():
+        y = fn(x).float()
+        if w.random:
+            ok = abs(y.mean().item() - ref.mean().item()) < 0.05 * max(1.0, ref.abs().mean().item())
+        else:
+            bad = (y - ref).abs() > w.atol + 1e-6 * ref.abs()
+            if "fake_quantize" in name:  # it rounds ties (x = k + 0.5 in units of eps) to even
+                bad &= (x.float() - x.float().floor() != 0.5) if x.dim() == 1 else torch.ones_like(bad)
+            ok = bad.float().mean().item() < 1e-3
+        if not ok:
+            raise AssertionError(f"{w.name}: {name} does not compute the same forward as anacuda")
+
+
+def bench_workload(w, device, repeat, budget):
+    x = w.make_input(device)
+    g = torch.ones_like(x)
+    nbytes = x.numel() * x.element_size()
+    check_same_forward(w, x, w.impls)
+    lim = limits(x, g)
+    t_clone = median_seconds(lim["fwd"], repeat=repeat)
+    t_mul = median_seconds(lim["bwd"], repeat=repeat)
     rows = []
-    for w in workloads(numel):
-        x = w.make_input(device, 1.0 if w.quantizer.num_levels <= 3 else w.quantizer.num_levels / 4)
-        nbytes = x.numel() * x.element_size()
-        impls = {"anacuda": w.anacuda, "reference": w.reference, **w.extra}
-        limit_f = median_seconds(torch.clone, x, repeat=repeat)
-        g = torch.ones_like(x)
-        limit_fb = limit_f + median_seconds(torch.mul, g, x, repeat=repeat)
-        for name, fn in impls.items():
-            xr = x.clone().requires_grad_()
-            tf = median_seconds(fn, x, repeat=repeat)
-            tfb = median_seconds(forward_backward(fn), xr, g, repeat=repeat)
-            rows.append(dict(workload=w.name, title=w.title, device=device, impl=name, numel=x.numel(),
-                             dtype=str(x.dtype).replace("torch.", ""), fwd_s=tf, fwdbwd_s=tfb,
-                             fwd_gbps=2 * nbytes / tf / 1e9, fwdbwd_gbps=5 * nbytes / tfb / 1e9,
-                             limit_fwd_s=limit_f, limit_fwdbwd_s=limit_fb))
+    for name, fn in w.impls.items():
+        xr = x.clone().requires_grad_()
+
+        def fwd():
+            with torch.no_grad():
+                fn(x)
+
+        def fwdbwd():
+            xr.grad = None
+            fn(xr).backward(g)
+
+        row = dict(workload=w.name, title=w.title, device=device, impl=name, numel=x.numel(),
+                   dtype=str(x.dtype).replace("torch.", ""), note=w.notes.get(name, ""))
+        for key, f in (("fwd", fwd), ("fwdbwd", fwdbwd)):
+            t = median_seconds(f, repeat=repeat, budget=budget)
+            row[f"{key}_s"] = t
+        row["fwd_gbps"] = 2 * nbytes / row["fwd_s"] / 1e9
+        row["fwdbwd_gbps"] = 5 * nbytes / row["fwdbwd_s"] / 1e9
+        row["limit_fwd_s"], row["limit_fwdbwd_s"] = t_clone, t_clone + t_mul
+        rows.append(row)
+        print(f"  {w.name} {name:<20} fwd {row['fwd_s'] * 1e3:9.3f} ms   fwd+bwd {row['fwdbwd_s'] * 1e3:9.3f} ms",
+              flush=True)
     return rows
 
 
 def table(rows) -> str:
-    out = ["| workload | device | implementation | fwd ms | fwd+bwd ms | anacuda speed-up (fwd / fwd+bwd) "
-           "| fwd GB/s | limit fraction (fwd / fwd+bwd) |", "|---|---|---|---:|---:|---:|---:|---:|"]
-    best = {(r["workload"], r["device"]): r for r in rows if r["impl"] == "anacuda"}
+    out = ["| workload | implementation | fwd ms | fwd+bwd ms | anacuda speed-up fwd | fwd+bwd | fwd GB/s "
+           "| limit/time fwd | fwd+bwd |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ana = {(r["workload"], r["device"]): r for r in rows if r["impl"] == "anacuda"}
     for r in rows:
-        a = best[(r["workload"], r["device"])]
+        a = ana[(r["workload"], r["device"])]
         out.append(
-            f"| {r['workload']} {r['title']} | {r['device']} | {r['impl']} | {r['fwd_s'] * 1e3:.2f} | "
-            f"{r['fwdbwd_s'] * 1e3:.2f} | {r['fwd_s'] / a['fwd_s']:.2f}x / {r['fwdbwd_s'] / a['fwdbwd_s']:.2f}x | "
-            f"{r['fwd_gbps']:.1f} | {r['limit_fwd_s'] / r['fwd_s']:.2f} / {r['limit_fwdbwd_s'] / r['fwdbwd_s']:.2f} |")
+            f"| {r['workload']} {r['title']} ({r['dtype']}, {r['device']}) | {r['impl']} | {r['fwd_s'] * 1e3:.3f} | "
+            f"{r['fwdbwd_s'] * 1e3:.3f} | {r['fwd_s'] / a['fwd_s']:.2f}x | {r['fwdbwd_s'] / a['fwdbwd_s']:.2f}x | "
+            f"{r['fwd_gbps']:.1f} | {r['limit_fwd_s'] / r['fwd_s']:.2f} | {r['limit_fwdbwd_s'] / r['fwdbwd_s']:.2f} |")
     return "\n".join(out)
+
+
+# (workload, implementation, direction, required anacuda speed-up) on a CPU; on a GPU the
+# fraction of the copy bandwidth. From the benchmark issue.
+CPU_TARGETS = [("W1", "fake_quantize", "fwd", 1.0), ("W1", "eager_ste", "fwd", 2.0),
+               ("W1", "limit", "fwdbwd", 0.75),
+               ("W2", "reference", "fwd", 50.0), ("W2", "compiled_reference", "fwd", 5.0),
+               ("W3", "reference", "fwd", 10.0), ("W3", "eager_floor_noise", "fwd", 2.0),
+               ("W4", "composite", "fwd", 2.0), ("W4", "compiled_composite", "fwd", 1.0)]
+GPU_TARGETS = {"W1": 0.85, "W3": 0.85, "W4": 0.85, "W2": 0.70}
+
+
+def targets(rows, device) -> str:
+    by = {(r["workload"], r["impl"]): r for r in rows if r["device"] == device}
+    lines = []
+    if device == "cpu":
+        for w, impl, d, need in CPU_TARGETS:
+            a = by.get((w, "anacuda"))
+            if a is None:
+                continue
+            if impl == "limit":
+                got = a[f"limit_{d}_s"] / a[f"{d}_s"]
+                what = f"{w} {d}: limit (clone + multiply) / anacuda"
+            elif (w, impl) in by:
+                got = by[(w, impl)][f"{d}_s"] / a[f"{d}_s"]
+                what = f"{w} {d}: anacuda vs {impl}"
+            else:
+                continue
+            lines.append(f"- {what}: {got:.2f}x (target >= {need}) {'met' if got >= need else 'NOT met'}")
+    else:
+        for w, need in GPU_TARGETS.items():
+            a = by.get((w, "anacuda"))
+            if a is None:
+                continue
+            for d in ("fwd", "fwdbwd"):
+                got = a[f"limit_{d}_s"] / a[f"{d}_s"]
+                lines.append(f"- {w} {d}: {got:.0%} of the copy bandwidth (target >= {need:.0%}) "
+                             f"{'met' if got >= need else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key in zip(axes, ("fwd_s", "fwdbwd_s")):
+        impls = sorted({r["impl"] for r in rows}, key=lambda s: (s != "anacuda", s))
+        width = 0.8 / len(impls)
+        for k, impl in enumerate(impls):
+            xs, ys = [], []
+            for i, w in enumerate(names):
+                r = next((r for r in rows if r["workload"] == w and r["impl"] == impl), None)
+                if r:
+                    xs.append(i + k * width)
+                    ys.append(r[key] * 1e3)
+            ax.bar(xs, ys, width, label=impl)
+        ax.set_yscale("log")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+        ax.set_ylabel("median ms (log)")
+        ax.set_title("forward" if key == "fwd_s" else "forward + backward")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--numel", type=int, default=1 << 22)
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--numel", type=int, default=None, help="elements of W1-W3 (default 2^22 CPU, 2^26 GPU)")
     p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--budget", type=float, default=5.0, help="seconds at most per timing")
     p.add_argument("--device", action="append", help="cpu and/or cuda (default: every one present)")
+    p.add_argument("--only", action="append", help="workload names to run (default: all)")
     args = p.parse_args(argv)
     devices = args.device or (["cpu"] + (["cuda"] if anacuda.cuda_available() else []))
-    rows = []
-    for d in devices:
-        rows += bench_device(d, args.numel if d == "cpu" else max(args.numel, 1 << 26), args.repeat)
-    text = table(rows)
-    print(text)
-    meta = dict(machine=machine(), torch=torch.__version__, threads=torch.get_num_threads(),
-                anacuda=anacuda.build_info(), devices=devices)
     os.makedirs(args.out, exist_ok=True)
-    tag = "cuda" if "cuda" in devices else "cpu"
-    with open(os.path.join(args.out, f"bench-{tag}.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    with open(os.path.join(args.out, f"bench-{tag}.md"), "w") as f:
-        f.write(f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads.\n\n{text}\n")
-    print(f"\nsaved {args.out}/bench-{tag}.json and .md ({meta['machine']})")
+    for device in devices:
+        numel = args.numel or (1 << 22 if device == "cpu" else 1 << 26)
+        rows = []
+        t0 = time.time()
+        for w in workloads(numel):
+            if args.only and w.name not in args.only:
+                continue
+            rows += bench_workload(w, device, args.repeat, args.budget)
+        meta = dict(machine=machine(device), device=device, torch=torch.__version__, threads=torch.get_num_threads(),
+                    anacuda=anacuda.build_info(), date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - t0))
+        text = table(rows)
+        goals = targets(rows, device)
+        print(f"\nMachine: {meta['machine']}; torch {meta['torch']}\n\n{text}\n\nTargets:\n{goals}")
+        stem = os.path.join(args.out, f"bench-{device}")
+        with open(stem + ".json", "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}.\n\n{text}\n\nTargets:\n{goals}\n")
+        plot(rows, stem + ".png")
+        print(f"\nsaved {stem}.json, .md and .png")
 
 
 if __name__ == "__main__":

@@ -6,23 +6,18 @@ import time
 import torch
 
 
-def median_seconds(fn, *args, repeat: int = 15, warmup: int = 3) -> float:
-    dev_sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+def median_seconds(fn, *args, repeat: int = 15, warmup: int = 2, budget: float = float("inf")) -> float:
+    """Median over `repeat` calls (fewer once `budget` seconds are spent, at least 3)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn(*args)
-    dev_sync()
-    samples = []
+    sync()
+    samples, start = [], time.perf_counter()
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn(*args)
-        dev_sync()
+        sync()
         samples.append(time.perf_counter() - t0)
+        if len(samples) >= 3 and time.perf_counter() - start > budget:
+            break
     return statistics.median(samples)
-
-
-def forward_backward(fn):
-    """fn(x) -> the time of forward and backward with an all-ones upstream gradient."""
-    def run(x, g):
-        x.grad = None
-        fn(x).backward(g)
-    return run

@@ -1,71 +1,182 @@
-"""The benchmark workloads and the implementations compared on them, in one place.
+"""The benchmark workloads (W1–W5) and the implementations compared on each, in one place.
 
-Used by the pytest-benchmark suite (bench_ana.py) and the table script (run.py). Every
-implementation of a workload computes the same maths (checked in run.py before timing).
+Used by the pytest-benchmark suite (test_kernels.py) and the table script (run.py). Every
+implementation of a workload computes the same forward (run.py checks it before timing) and a
+gradient of the same kind; the notes say where a peer's differs.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
 from anacuda import Quantizer
 from anacuda import functional as F
 from anacuda import reference as R
+from anacuda import scale
 
 
 @dataclass
 class Workload:
     name: str
     title: str
-    quantizer: Quantizer
-    noise: str
-    sigma: float
-    strategy: str
-    numel: int
-    dtype: torch.dtype = torch.float32
-    # name -> fn(x) for extra baselines that compute the same forward (and gradient)
-    extra: Dict[str, Callable] = field(default_factory=dict)
+    shape: tuple
+    dtype: torch.dtype
+    spread: float                       # inputs ~ N(0, spread^2)
+    impls: Dict[str, Callable]          # name -> fn(x) -> y
+    atol: float = 1e-5                  # forward agreement required before timing
+    random: bool = False                # outputs are samples: compare means, not values
+    notes: Dict[str, str] = field(default_factory=dict)
 
-    def make_input(self, device, scale: float) -> torch.Tensor:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        return (torch.randn(self.numel, generator=g) * scale).to(device=device, dtype=self.dtype)
-
-    def anacuda(self, x):
-        return F.ana(x, self.quantizer, noise=self.noise, sigma=self.sigma, strategy=self.strategy)
-
-    def reference(self, x):
-        return R.ana(x, self.quantizer, noise=self.noise, sigma=self.sigma, strategy=self.strategy)
+    def make_input(self, device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return (torch.randn(self.shape, generator=g) * self.spread).to(device=device, dtype=self.dtype)
 
 
-def _fake_quantize_ternary(x):
-    # PyTorch's fused clipped STE: levels -1, 0, 1 with scale 1 (round half to even at +-0.5).
+def chunked(fn, rows: int = 1 << 16):
+    """fn over chunks of the flattened input: the O(K) reference's K-wide temporaries stay small."""
+    def run(x):
+        flat = x.reshape(-1)
+        return torch.cat([fn(c) for c in flat.split(rows)]).reshape(x.shape)
+    return run
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+# --- W1: ternary, uniform 0.5, mode (the clipped STE) --------------------------------------------
+Q3 = Quantizer.ternary()
+
+
+def w1_anacuda(x):
+    return F.ana(x, Q3, "uniform", 0.0, 0.5, "mode")
+
+
+def w1_reference(x):
+    return R.ana(x, Q3, "uniform", 0.0, 0.5, "mode")
+
+
+def w1_eager_ste(x):
+    # Hard ternary forward, gradient 1 inside the range: the usual hand-written clipped STE.
+    c = x.clamp(-1.0, 1.0)
+    return c + (torch.floor(x + 0.5).clamp(-1.0, 1.0) - c).detach()
+
+
+def w1_fake_quantize(x):
+    # PyTorch's fused clipped STE (round half to even at +-0.5; gradient mask to +-1.5).
     return torch.fake_quantize_per_tensor_affine(x, 1.0, 0, -1, 1)
 
 
-def _eager_clipped_ste(x):
-    # The best eager formulation of the clipped STE: hard forward, gradient 1 inside the range.
-    c = x.clamp(-1.5, 1.5)
-    return c + (torch.floor(c + 0.5).clamp(-1, 1) - c).detach()
+# --- W2: 8-bit signed grid, normal 0.25, expectation ----------------------------------------------
+Q8 = Quantizer.uniform(8)
 
 
-def _eager_logistic_random(x, lo=-8, hi=7):
-    # Stochastic rounding with logistic noise: clamp(floor(x + nu + 0.5)) with logistic nu,
-    # the gradient from the logistic-smoothed stair (sum of densities, O(K)).
-    u = torch.rand_like(x).clamp_(1e-7, 1 - 1e-7)
-    nu = 0.5 * (torch.log(u) - torch.log1p(-u))
-    y = torch.floor(x + nu + 0.5).clamp(lo, hi)
+def w2_anacuda(x):
+    return F.ana(x, Q8, "normal", 0.0, 0.25, "expectation")
+
+
+def w2_reference(x):
+    return R.ana(x, Q8, "normal", 0.0, 0.25, "expectation")
+
+
+def w2_eager_window(x, sigma=0.25, lo=-128, hi=127):
+    # The best eager form: only the 4 thresholds within 6 sigma of x (unit grid, thresholds at
+    # k + 0.5) instead of all 255; autograd differentiates the normal CDFs.
+    k = torch.floor(x).clamp(lo - 2, hi + 1)
+    y = torch.clamp(k - 2, lo, hi)  # the thresholds below the window are all on
+    for j in (-1, 0, 1, 2):
+        th = k + j - 0.5
+        inside = (th > lo) & (th < hi)
+        y = y + inside * 0.5 * torch.special.erfc(-(x - th) / (sigma * math.sqrt(2)))
     return y
 
 
-def workloads(scale_numel: int = 1 << 22):
+# --- W3: 4-bit signed grid, logistic 0.5, random ---------------------------------------------------
+Q4 = Quantizer.uniform(4)
+
+
+def w3_anacuda(x):
+    return F.ana(x, Q4, "logistic", 0.0, 0.5, "random")
+
+
+def w3_reference(x):
+    return R.ana(x, Q4, "logistic", 0.0, 0.5, "random")
+
+
+class _LogisticRounding(torch.autograd.Function):
+    """clamp(floor(x + nu + 0.5)) with logistic nu; gradient: the sum of logistic densities."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.rand_like(x).clamp_(1e-7, 1 - 1e-7)
+        nu = 0.5 * (torch.log(r) - torch.log1p(-r))
+        ctx.save_for_backward(x)
+        return torch.floor(x + nu + 0.5).clamp(-8, 7)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        th = torch.arange(-7.5, 7.0, 1.0, device=x.device, dtype=x.dtype)
+        s = torch.sigmoid((x.unsqueeze(-1) - th) / 0.5)
+        return g * (s * (1 - s)).sum(-1) / 0.5
+
+
+def w3_eager(x):
+    return _LogisticRounding.apply(x)
+
+
+# --- W4: alpha-blending, 4-bit, per-channel eps, a (256, 256, 3, 3) weight ---------------------------
+ALPHA = 0.3
+
+
+def _eps4(w):
+    return scale.max_abs(w, Q4, dim=0)
+
+
+def w4_anacuda(w):
+    return F.alpha_blend(w, Q4, ALPHA, _eps4(w))
+
+
+def w4_composite(w):
+    return R.alpha_blend(w, Q4, ALPHA, _eps4(w))
+
+
+def w4_fake_quantize(w):
+    # PyTorch's per-channel fake quantiser for the quantised term (its gradient detached).
+    eps = _eps4(w).reshape(-1).float()
+    q = torch.fake_quantize_per_channel_affine(w, eps, torch.zeros_like(eps, dtype=torch.int32), 0, -8, 7)
+    return ALPHA * q.detach() + (1 - ALPHA) * w
+
+
+def workloads(numel: int = 1 << 22):
+    n = (numel,)
+    w = (256, 256, 3, 3)
+    w1 = dict(anacuda=w1_anacuda, reference=chunked(w1_reference), compiled_reference=compiled(w1_reference),
+              eager_ste=w1_eager_ste, fake_quantize=w1_fake_quantize)
+    w4 = dict(anacuda=w4_anacuda, composite=w4_composite, compiled_composite=compiled(w4_composite),
+              fake_quantize=w4_fake_quantize)
     return [
-        Workload("W1", "ternary, uniform s=0.5, mode (clipped STE)", Quantizer.ternary(), "uniform", 0.5, "mode",
-                 scale_numel, extra={"fake_quantize": _fake_quantize_ternary, "eager STE": _eager_clipped_ste}),
-        Workload("W2", "8-bit, normal s=0.25, expectation", Quantizer.uniform(8), "normal", 0.25, "expectation",
-                 scale_numel),
-        Workload("W3", "4-bit, logistic s=0.5, random", Quantizer.uniform(4), "logistic", 0.5, "random",
-                 scale_numel, extra={"eager floor+noise": _eager_logistic_random}),
+        Workload("W1", "ternary, uniform 0.5, mode (clipped STE)", n, torch.float32, 1.0, w1, atol=0,
+                 notes=dict(fake_quantize="ties at +-0.5 round to even; gradient mask reaches +-1.5")),
+        Workload("W2", "8-bit, normal 0.25, expectation", n, torch.float32, 40.0,
+                 dict(anacuda=w2_anacuda, reference=chunked(w2_reference), compiled_reference=compiled(w2_reference),
+                      eager_window=w2_eager_window), atol=1e-3),
+        Workload("W3", "4-bit, logistic 0.5, random", n, torch.float32, 4.0,
+                 dict(anacuda=w3_anacuda, reference=chunked(w3_reference), compiled_reference=compiled(w3_reference),
+                      eager_floor_noise=w3_eager), random=True),
+        Workload("W4", "alpha-blend 4-bit, per-channel eps, (256,256,3,3)", w, torch.float32, 0.05, w4, atol=1e-6),
+        Workload("W5a", "W1 in bfloat16", n, torch.bfloat16, 1.0, w1, atol=0),
+        Workload("W5b", "W4 in bfloat16", w, torch.bfloat16, 0.05, w4, atol=2e-2),
     ]
+
+
+def limits(x: torch.Tensor, g: Optional[torch.Tensor] = None):
+    """The machine's limit for producing fresh tensors: a forward is at best x.clone(), a
+    backward at best g * x."""
+    return dict(fwd=lambda: x.clone(), bwd=lambda: g * x)

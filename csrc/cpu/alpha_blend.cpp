@@ -3,6 +3,7 @@
 
 #include "../common/functors.h"
 #include "loops.h"
+#include "small_grid.h"
 
 namespace anacuda {
 namespace {
@@ -16,6 +17,12 @@ at::Tensor alpha_blend_cpu(const at::Tensor& w_, const at::Tensor& levels, const
     using T = at::opmath_type<scalar_t>;
     auto args = make_blend_args<T>(w, levels, thresholds, uniform_grid, eps, alpha);
     if (w.numel() == 0) return;
+    SmallGrid<T> sg;
+    if (make_small_grid(args.grid, sg)) {
+      small_alpha_blend(sg, w.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), w.numel(), args.eps,
+                        args.alpha.value);
+      return;
+    }
     AlphaBlend<T> op{};
     op.p = args;
     cpu_unary(w.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), w.numel(), op);

@@ -60,15 +60,20 @@ template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, 
   for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e - mu;
 }
 
-// y[j] = e * Q(a[j]) (NaN stays NaN): the level index counted threshold by threshold.
-template <typename scalar_t, typename T>
-inline void hard_block(const SmallGrid<T>& s, const T* a, int64_t n, T e, scalar_t* y) {
-  int32_t idx[kBlock];
+// idx[j] = the level of a[j]: counted threshold by threshold.
+template <typename T> inline void levels_block(const SmallGrid<T>& s, const T* a, int64_t n, int32_t* idx) {
   for (int64_t j = 0; j < n; ++j) idx[j] = 0;
   for (int t = 0; t < s.K; ++t) {
     const T th = s.theta[t];
     for (int64_t j = 0; j < n; ++j) idx[j] += a[j] >= th ? 1 : 0;
   }
+}
+
+// y[j] = e * Q(a[j]) (NaN stays NaN).
+template <typename scalar_t, typename T>
+inline void hard_block(const SmallGrid<T>& s, const T* a, int64_t n, T e, scalar_t* y) {
+  int32_t idx[kBlock];
+  levels_block(s, a, n, idx);
   for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e * s.q[idx[j]]);
 }
 
@@ -134,6 +139,27 @@ void small_backward(const SmallGrid<T>& s, const scalar_t* g, const scalar_t* x,
         }
         for (int64_t j = 0; j < m; ++j)
           gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * d[j] * inv_sigma);
+      }
+    });
+  });
+}
+
+// Alpha-blending on the small-grid path: the same expression as common/functors.h AlphaBlend.
+template <typename scalar_t, typename T>
+void small_alpha_blend(const SmallGrid<T>& s, const scalar_t* w, scalar_t* y, int64_t n, const EpsLayout<T>& eps,
+                       T alpha) {
+  at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock];
+    int32_t idx[kBlock];
+    for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
+      for (int64_t b = 0; b < len; b += kBlock) {
+        const int64_t m = std::min(kBlock, len - b), i = i0 + b;
+        shifted(w + i, m, e, T(0), a);
+        levels_block(s, a, m, idx);
+        for (int64_t j = 0; j < m; ++j) {
+          const T q = a[j] != a[j] ? a[j] : alpha * e * s.q[idx[j]];
+          y[i + j] = static_cast<scalar_t>(alpha < T(1) ? q + (T(1) - alpha) * static_cast<T>(w[i + j]) : q);
+        }
       }
     });
   });
