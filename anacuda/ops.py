@@ -26,17 +26,41 @@ def _ana_backward_fake(grad, x, levels, thresholds, uniform_grid, eps, noise_b, 
     return _fresh_like(x)
 
 
+@torch.library.register_fake("anacuda::ana_code")
+def _ana_code_fake(x, levels, thresholds, eps, mu_b, sigma_b):
+    return torch.empty_like(x, dtype=torch.uint8, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("anacuda::ana_backward_code")
+def _ana_backward_code_fake(grad, code, levels, sigma_b):
+    return _fresh_like(grad)
+
+
+#: A uniform backward noise on a quantiser of at most this many thresholds saves a 1-byte code
+#: per element for the backward instead of the input (see csrc/common/functors.h).
+CODE_MAX_THRESHOLDS = 15
+
+
 def _ana_setup_context(ctx, inputs, output):
     x, levels, thresholds, uniform_grid, eps, _n, _mu, _sigma, _st, _tr, _seed, noise_b, mu_b, sigma_b = inputs
-    ctx.save_for_backward(x, levels, thresholds, eps, mu_b, sigma_b)
+    ctx.coded = noise_b == "uniform" and thresholds.numel() <= CODE_MAX_THRESHOLDS
+    if ctx.coded:
+        code = torch.ops.anacuda.ana_code(x, levels, thresholds, eps, mu_b, sigma_b)
+        ctx.save_for_backward(code, levels, sigma_b)
+    else:
+        ctx.save_for_backward(x, levels, thresholds, eps, mu_b, sigma_b)
     ctx.uniform_grid = uniform_grid
     ctx.noise_b = noise_b
 
 
 def _ana_backward(ctx, grad):
-    x, levels, thresholds, eps, mu_b, sigma_b = ctx.saved_tensors
-    gx = None
-    if ctx.needs_input_grad[0]:
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 14
+    if ctx.coded:
+        code, levels, sigma_b = ctx.saved_tensors
+        gx = torch.ops.anacuda.ana_backward_code(grad, code, levels, sigma_b)
+    else:
+        x, levels, thresholds, eps, mu_b, sigma_b = ctx.saved_tensors
         gx = torch.ops.anacuda.ana_backward(grad, x, levels, thresholds, ctx.uniform_grid, eps, ctx.noise_b, mu_b,
                                             sigma_b)
     return (gx,) + (None,) * 13

@@ -18,6 +18,11 @@ TORCH_LIBRARY(anacuda, m) {
   m.def(
       "ana_backward(Tensor grad, Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, "
       "Tensor eps, str noise_b, Tensor mu_b, Tensor sigma_b) -> Tensor");
+  // A uniform backward noise on a quantiser of K <= 15 thresholds: the backward needs only a
+  // 1-byte code per element (which thresholds' boxes hold x / eps - mu_b), saved in place of x.
+  m.def(
+      "ana_code(Tensor x, Tensor levels, Tensor thresholds, Tensor eps, Tensor mu_b, Tensor sigma_b) -> Tensor");
+  m.def("ana_backward_code(Tensor grad, Tensor code, Tensor levels, Tensor sigma_b) -> Tensor");
 
   // --- Alpha-blending (SPEC §6) ---------------------------------------------------------
   // y = alpha * eps * Q(w / eps) + (1 - alpha) * w; alpha a one-element tensor in [0, 1].

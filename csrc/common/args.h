@@ -72,6 +72,16 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& x) {
               x.device());
 }
 
+// The saved code of a uniform backward noise, and the levels it indexes.
+inline void check_code(const at::Tensor& grad, const at::Tensor& code, const at::Tensor& levels) {
+  TORCH_CHECK(code.scalar_type() == at::kByte && code.sizes() == grad.sizes() && code.device() == grad.device(),
+              "anacuda: the code must be a uint8 tensor of the gradient's shape and device");
+  TORCH_CHECK(levels.dim() == 1 && levels.numel() >= 2 && levels.numel() <= 16,
+              "anacuda: a coded backward needs 2 to 16 levels, got ", levels.numel());
+  TORCH_CHECK(levels.scalar_type() == compute_type(grad.scalar_type()) && levels.device() == grad.device(),
+              "anacuda: levels must be ", compute_type(grad.scalar_type()), " on the gradient's device");
+}
+
 inline bool on_host_or(const at::Tensor& t, const at::Device& d) {
   return t.device().is_cpu() || t.device() == d;
 }

@@ -25,7 +25,7 @@ at::Tensor alpha_blend_cpu(const at::Tensor& w_, const at::Tensor& levels, const
     }
     AlphaBlend<T> op{};
     op.p = args;
-    cpu_unary(w.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), w.numel(), op);
+    cpu_unary<scalar_t, scalar_t>(w.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), w.numel(), op);
   });
   return y;
 }

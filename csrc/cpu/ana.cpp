@@ -46,7 +46,7 @@ at::Tensor ana_cpu(const at::Tensor& x_, const at::Tensor& levels, const at::Ten
         AnaForward<decltype(n_tag)::value, decltype(s_tag)::value, T> op{};
         op.p = args;
         op.training = training;
-        cpu_unary(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.numel(), op);
+        cpu_unary<scalar_t, scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.numel(), op);
       });
     });
   });
@@ -78,9 +78,45 @@ at::Tensor ana_backward_cpu(const at::Tensor& grad_, const at::Tensor& x_, const
     dispatch_noise(nk, [&](auto n_tag) {
       AnaBackward<decltype(n_tag)::value, T> op{};
       op.p = args;
-      cpu_binary(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+      cpu_binary<scalar_t, scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
                  x.numel(), op);
     });
+  });
+  return gx;
+}
+
+at::Tensor ana_code_cpu(const at::Tensor& x_, const at::Tensor& levels, const at::Tensor& thresholds,
+                         const at::Tensor& eps, const at::Tensor& mu_b, const at::Tensor& sigma_b) {
+  check_input(x_, "input");
+  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
+              " thresholds, got ", thresholds.numel());
+  const at::Tensor x = x_.contiguous();
+  at::Tensor code = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::ana_code", [&] {
+    using T = at::opmath_type<scalar_t>;
+    auto args = make_args<T>(x, levels, thresholds, false, eps, mu_b, sigma_b, "backward mu", "backward sigma");
+    if (x.numel() == 0) return;
+    UniformBoxCode<T> op{};
+    op.p = args;
+    cpu_unary<scalar_t, uint8_t>(x.const_data_ptr<scalar_t>(), code.mutable_data_ptr<uint8_t>(), x.numel(), op);
+  });
+  return code;
+}
+
+at::Tensor ana_backward_code_cpu(const at::Tensor& grad_, const at::Tensor& code_, const at::Tensor& levels,
+                                  const at::Tensor& sigma_b) {
+  check_input(grad_, "gradient");
+  check_code(grad_, code_, levels);
+  const at::Tensor g = grad_.contiguous(), code = code_.contiguous(), lv = levels.contiguous();
+  at::Tensor gx = at::empty(g.sizes(), g.options());
+  ANACUDA_DISPATCH_FLOATING(g.scalar_type(), "anacuda::ana_backward_code", [&] {
+    using T = at::opmath_type<scalar_t>;
+    std::vector<at::Tensor> keep;
+    UniformBoxCodeBackward<T> op{};
+    op.q = lv.const_data_ptr<T>();
+    op.sigma_arg = scalar_arg<T>(sigma_b, g.device(), "backward sigma", Range::NonNegative, keep);
+    if (g.numel() == 0) return;
+    cpu_binary<scalar_t, uint8_t>(g.const_data_ptr<scalar_t>(), code.const_data_ptr<uint8_t>(), gx.mutable_data_ptr<scalar_t>(), g.numel(), op);
   });
   return gx;
 }
@@ -90,6 +126,8 @@ at::Tensor ana_backward_cpu(const at::Tensor& grad_, const at::Tensor& x_, const
 TORCH_LIBRARY_IMPL(anacuda, CPU, m) {
   m.impl("ana", &ana_cpu);
   m.impl("ana_backward", &ana_backward_cpu);
+  m.impl("ana_code", &ana_code_cpu);
+  m.impl("ana_backward_code", &ana_backward_code_cpu);
 }
 
 }  // namespace anacuda

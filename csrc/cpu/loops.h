@@ -11,8 +11,8 @@ namespace anacuda {
 
 constexpr int64_t kGrain = 16384;
 
-template <typename scalar_t, typename Op>
-void cpu_unary(const scalar_t* x, scalar_t* y, int64_t n, Op op) {
+template <typename scalar_t, typename out_t, typename Op>
+void cpu_unary(const scalar_t* x, out_t* y, int64_t n, Op op) {
   using T = at::opmath_type<scalar_t>;
   op.init();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
@@ -25,17 +25,18 @@ void cpu_unary(const scalar_t* x, scalar_t* y, int64_t n, Op op) {
           block = philox4x32_10(static_cast<uint64_t>(block_id), op.stream, op.seed);
         }
       }
-      y[i] = static_cast<scalar_t>(op(i, static_cast<T>(x[i]), block.w[i & 3]));
+      y[i] = static_cast<out_t>(op(i, static_cast<T>(x[i]), block.w[i & 3]));
     }
   });
 }
 
-template <typename scalar_t, typename Op>
-void cpu_binary(const scalar_t* g, const scalar_t* x, scalar_t* out, int64_t n, Op op) {
+// out = op(g, x): x is the input (scalar_t) or a saved code; the functor takes it as it is.
+template <typename scalar_t, typename x_t, typename Op>
+void cpu_binary(const scalar_t* g, const x_t* x, scalar_t* out, int64_t n, Op op) {
   using T = at::opmath_type<scalar_t>;
   op.init();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = static_cast<scalar_t>(op(i, static_cast<T>(g[i]), static_cast<T>(x[i])));
+    for (int64_t i = begin; i < end; ++i) out[i] = static_cast<scalar_t>(op(i, static_cast<T>(g[i]), x[i]));
   });
 }
 

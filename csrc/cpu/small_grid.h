@@ -138,7 +138,7 @@ void small_backward(const SmallGrid<T>& s, const scalar_t* g, const scalar_t* x,
           }
         }
         for (int64_t j = 0; j < m; ++j)
-          gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * d[j] * inv_sigma);
+          gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * (d[j] * inv_sigma));
       }
     });
   });

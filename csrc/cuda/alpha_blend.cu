@@ -20,7 +20,7 @@ at::Tensor alpha_blend_cuda(const at::Tensor& w_, const at::Tensor& levels, cons
     if (w.numel() == 0) return;
     AlphaBlend<T> op{};
     op.p = args;
-    launch_unary<scalar_t>(w, y, op);
+    launch_unary<scalar_t, scalar_t>(w, y, op);
   });
   return y;
 }

@@ -31,7 +31,7 @@ at::Tensor ana_cuda(const at::Tensor& x_, const at::Tensor& levels, const at::Te
         AnaForward<decltype(n_tag)::value, decltype(s_tag)::value, T> op{};
         op.p = args;
         op.training = training;
-        launch_unary<scalar_t>(x, y, op);
+        launch_unary<scalar_t, scalar_t>(x, y, op);
       });
     });
   });
@@ -54,8 +54,46 @@ at::Tensor ana_backward_cuda(const at::Tensor& grad_, const at::Tensor& x_, cons
     dispatch_noise(nk, [&](auto n_tag) {
       AnaBackward<decltype(n_tag)::value, T> op{};
       op.p = args;
-      launch_binary<scalar_t>(g, x, gx, op);
+      launch_binary<scalar_t, scalar_t>(g, x, gx, op);
     });
+  });
+  return gx;
+}
+
+at::Tensor ana_code_cuda(const at::Tensor& x_, const at::Tensor& levels, const at::Tensor& thresholds,
+                         const at::Tensor& eps, const at::Tensor& mu_b, const at::Tensor& sigma_b) {
+  check_input(x_, "input");
+  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
+              " thresholds, got ", thresholds.numel());
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor x = aligned_contiguous(x_);
+  at::Tensor code = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::ana_code", [&] {
+    using T = at::opmath_type<scalar_t>;
+    auto args = make_args<T>(x, levels, thresholds, false, eps, mu_b, sigma_b, "backward mu", "backward sigma");
+    if (x.numel() == 0) return;
+    UniformBoxCode<T> op{};
+    op.p = args;
+    launch_unary<scalar_t, uint8_t>(x, code, op);
+  });
+  return code;
+}
+
+at::Tensor ana_backward_code_cuda(const at::Tensor& grad_, const at::Tensor& code_, const at::Tensor& levels,
+                                  const at::Tensor& sigma_b) {
+  check_input(grad_, "gradient");
+  check_code(grad_, code_, levels);
+  c10::cuda::CUDAGuard guard(grad_.device());
+  const at::Tensor g = aligned_contiguous(grad_), code = aligned_contiguous(code_), lv = levels.contiguous();
+  at::Tensor gx = at::empty(g.sizes(), g.options());
+  ANACUDA_DISPATCH_FLOATING(g.scalar_type(), "anacuda::ana_backward_code", [&] {
+    using T = at::opmath_type<scalar_t>;
+    std::vector<at::Tensor> keep;
+    UniformBoxCodeBackward<T> op{};
+    op.q = lv.const_data_ptr<T>();
+    op.sigma_arg = scalar_arg<T>(sigma_b, g.device(), "backward sigma", Range::NonNegative, keep);
+    if (g.numel() == 0) return;
+    launch_binary<scalar_t, uint8_t>(g, code, gx, op);
   });
   return gx;
 }
@@ -65,6 +103,8 @@ at::Tensor ana_backward_cuda(const at::Tensor& grad_, const at::Tensor& x_, cons
 TORCH_LIBRARY_IMPL(anacuda, CUDA, m) {
   m.impl("ana", &ana_cuda);
   m.impl("ana_backward", &ana_backward_cuda);
+  m.impl("ana_code", &ana_code_cuda);
+  m.impl("ana_backward_code", &ana_backward_code_cuda);
 }
 
 }  // namespace anacuda
