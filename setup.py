@@ -148,13 +148,10 @@ class Build(BuildExtension):
             f"NVCC_VERSION = {(_nvcc_version() if WITH_CUDA else None)!r}\n",
             f"CUDA_ARCH_LIST = {(os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPU') if WITH_CUDA else None)!r}\n",
         ])
-        targets = {os.path.join(ROOT, "anacuda")}
-        if not self.inplace:
-            targets.add(os.path.join(self.build_lib, "anacuda"))
-        for folder in targets:
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, "_build_info.py"), "w") as f:
-                f.write(info)
+        folder = os.path.join(ROOT if self.inplace else self.build_lib, "anacuda")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "_build_info.py"), "w") as f:
+            f.write(info)
         super().run()
 
 
