@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 # The packages the build, tests, demo and benchmarks need (torch itself: see `deps`).
-DEPS := ninja pybind11 numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn
+DEPS := ninja pybind11 numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
 RESULTS := benchmarks/results
 
 .PHONY: help deps build test demo bench gpu-check clean
@@ -15,7 +15,7 @@ help:
 # torch: a CUDA build when none is installed (so the CUDA kernels compile wherever nvcc is).
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
-	@$(PYTHON) -c "import ninja, pybind11, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn" 2>/dev/null \
+	@$(PYTHON) -c "import ninja, pybind11, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision" 2>/dev/null \
 		|| $(PIP) install $(DEPS)
 
 build: deps
@@ -29,6 +29,7 @@ demo: build
 
 bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
+	$(PYTHON) benchmarks/memory.py --out $(RESULTS)
 
 # On a GPU machine without network (torch, nvcc, ninja and the test packages already there):
 # build against the installed torch, run every test including the CUDA ones, then the
