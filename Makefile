@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 DEPS := ninja pybind11 numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
 RESULTS := benchmarks/results
 
-.PHONY: help deps build test demo bench gpu-check clean
+.PHONY: help deps build test demo bench figures gpu-check clean
 
 help:
 	@echo "make demo | test | bench | gpu-check | clean"
@@ -30,6 +30,9 @@ demo: build
 bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
 	$(PYTHON) benchmarks/memory.py --out $(RESULTS)
+
+figures: build
+	$(PYTHON) scripts/ste_family.py
 
 # On a GPU machine without network (torch, nvcc, ninja and the test packages already there):
 # build against the installed torch, run every test including the CUDA ones, then the
