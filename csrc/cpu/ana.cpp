@@ -2,6 +2,7 @@
 #include <torch/library.h>
 
 #include "../common/functors.h"
+#include "batched.h"
 #include "loops.h"
 #include "small_grid.h"
 
@@ -41,6 +42,16 @@ at::Tensor ana_cpu(const at::Tensor& x_, const at::Tensor& levels, const at::Ten
         return;
       }
     }
+    if (smooth && st == Strategy::Expectation && !compact) {
+      const auto run = [&](auto n_tag) {
+        batched_window<decltype(n_tag)::value, scalar_t, T>(args.grid, nullptr, x.const_data_ptr<scalar_t>(),
+                                                            y.mutable_data_ptr<scalar_t>(), x.numel(), args.eps,
+                                                            args.mu.value, sigma_v);
+      };
+      if (nk == NoiseKind::Normal) run(NoiseTag<NoiseKind::Normal>{});
+      else run(NoiseTag<NoiseKind::Logistic>{});
+      return;
+    }
     dispatch_noise(nk, [&](auto n_tag) {
       dispatch_strategy(st, [&](auto s_tag) {
         AnaForward<decltype(n_tag)::value, decltype(s_tag)::value, T> op{};
@@ -73,6 +84,16 @@ at::Tensor ana_backward_cpu(const at::Tensor& grad_, const at::Tensor& x_, const
                                                gx.mutable_data_ptr<scalar_t>(), x.numel(), args.eps, args.mu.value,
                                                args.sigma.value);
       });
+      return;
+    }
+    if ((nk == NoiseKind::Normal || nk == NoiseKind::Logistic) && args.sigma.value > T(0)) {
+      const auto run = [&](auto n_tag) {
+        batched_window<decltype(n_tag)::value, scalar_t, T>(args.grid, g.const_data_ptr<scalar_t>(),
+                                                            x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+                                                            x.numel(), args.eps, args.mu.value, args.sigma.value);
+      };
+      if (nk == NoiseKind::Normal) run(NoiseTag<NoiseKind::Normal>{});
+      else run(NoiseTag<NoiseKind::Logistic>{});
       return;
     }
     dispatch_noise(nk, [&](auto n_tag) {
