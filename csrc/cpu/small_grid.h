@@ -10,8 +10,11 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../common/args.h"
 #include "../common/philox.h"
@@ -79,6 +82,30 @@ inline void hard_block(const SmallGrid<T>& s, const T* a, int64_t n, T e, scalar
 
 enum class SmallForward { Hard, Expectation, Random };
 
+// The standardised noise of elements [begin, end): quantile(r) with r from element i's Philox
+// word (the word the CUDA kernel gives element i). The logistic quantile log(r) - log1p(-r)
+// runs over the whole range with ATen's vectorised log and log1p.
+template <NoiseKind N, typename T> std::vector<T> random_noise(int64_t begin, int64_t end, uint64_t seed, uint64_t stream) {
+  const int64_t m = end - begin;
+  std::vector<T> r(m);
+  for (int64_t j = 0; j < m;) {
+    const int64_t k = begin + j;
+    const Philox4 blk = philox4x32_10(static_cast<uint64_t>(k) >> 2, stream, seed);
+    for (int64_t w = k & 3; w < 4 && j < m; ++w, ++j) r[j] = uniform_open<T>(blk.w[w]);
+  }
+  if constexpr (N == NoiseKind::Logistic) {
+    std::vector<T> l(m);
+    const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    at::Tensor tr = at::from_blob(r.data(), {m}, opt), tl = at::from_blob(l.data(), {m}, opt);
+    at::log_out(tl, tr);
+    at::log1p_out(tr, tr.neg_());  // r <- log1p(-r)
+    for (int64_t j = 0; j < m; ++j) r[j] = l[j] - r[j];
+  } else {
+    for (int64_t j = 0; j < m; ++j) r[j] = Noise<N, T>::quantile(r[j]);
+  }
+  return r;
+}
+
 // The forward of [begin, end) on the small-grid path; `kind` chosen by the caller.
 template <NoiseKind N, typename scalar_t, typename T>
 void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, scalar_t* y, int64_t n,
@@ -87,18 +114,14 @@ void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, 
   const T inv_sigma = T(1) / sigma;
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], acc[kBlock];
+    std::vector<T> nu;
+    if (kind == SmallForward::Random) nu = random_noise<N, T>(begin, end, seed, stream);
     for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
       for (int64_t b = 0; b < len; b += kBlock) {
         const int64_t m = std::min(kBlock, len - b), i = i0 + b;
         shifted(x + i, m, e, mu, a);
         if (kind == SmallForward::Random) {
-          // a + sigma * nu, nu from element i's Philox word (the same word as the CUDA kernel's)
-          for (int64_t j = 0; j < m;) {
-            const int64_t k = i + j;
-            const Philox4 blk = philox4x32_10(static_cast<uint64_t>(k) >> 2, stream, seed);
-            for (int64_t w = k & 3; w < 4 && j < m; ++w, ++j)
-              a[j] += sigma * L::quantile(uniform_open<T>(blk.w[w]));
-          }
+          for (int64_t j = 0; j < m; ++j) a[j] += sigma * nu[i + j - begin];
         }
         if (kind != SmallForward::Expectation) {
           hard_block(s, a, m, e, y + i);
