@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import anacuda
 from anacuda import Quantizer
 from anacuda import functional as F
 from anacuda.nn import (ANAActivation, ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv2d,

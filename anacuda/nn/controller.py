@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .activation import ANAActivation, NoiseHyperParams
+from .activation import NoiseHyperParams
 from .convert import quantised_modules
 from .layers import AlphaBlendWeight, ANAWeight
 
