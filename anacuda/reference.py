@@ -101,8 +101,9 @@ def _ana_forward(a, levels, thresholds, noise, sigma, strategy, training, genera
 def _most_likely_level(noise: str, z: torch.Tensor) -> torch.Tensor:
     """argmax_k p_k with p_k = F(z_{k-1}) − F(z_k) (z_{-1} = +inf, z_K = −inf); the upper level
     wins a tie. Each difference is taken in the form rounding cannot spoil: upper tails when both
-    z >= 0, lower tails when both z < 0, the centred CDF across 0; neighbours whose p round to
-    the same number are told apart by p_k − p_{k-1} = 2 C(z_{k-1}) + F(−z_{k-2}) − F(z_k)."""
+    z >= 0, lower tails when both z < 0, the centred CDF across 0; neighbours whose p are equal
+    to within rounding are told apart by p_k − p_{k-1} = 2 C(z_{k-1}) + F(−z_{k-2}) − F(z_k)."""
+    z = z.double()  # the decision in float64: the spec, not the rounding of a float32 tanh
     inf = torch.full_like(z[..., :1], float("inf"))
     zz = torch.cat([inf, inf, z, -inf], -1)  # zz[k + 1] = z_{k-1}
     best_p = torch.full_like(z[..., 0], -1.0)
@@ -112,7 +113,8 @@ def _most_likely_level(noise: str, z: torch.Tensor) -> torch.Tensor:
         pk = torch.where(z0 >= 0, cdf(noise, -z0) - cdf(noise, -z1),
                          torch.where(z1 < 0, cdf(noise, z1) - cdf(noise, z0), centered(noise, z1) - centered(noise, z0)))
         take = pk >= best_p
-        tie = (pk == best_p) & (best == k - 1)
+        margin = 8 * torch.finfo(pk.dtype).eps * torch.maximum(pk, best_p)
+        tie = ((pk - best_p).abs() <= margin) & (best == k - 1)
         exact = 2 * centered(noise, z1) + cdf(noise, -z2) - cdf(noise, z0) >= 0
         take = torch.where(tie, exact, take)
         best_p = torch.where(take, pk, best_p)

@@ -76,8 +76,8 @@ C10_HOST_DEVICE inline T smooth_stair(const Grid<T>& g, T a, T sigma) {
 // probability that step t is on, is taken in the form that loses nothing to rounding: from
 // the upper tails (1 - P = F(-z)) when both steps are likely on, from the lower tails when
 // both are likely off, and from the centred CDF (F - 1/2) across z = 0. Two neighbours whose
-// probabilities round to the same number (both near 1/2, a hair from a threshold) are told
-// apart by their exact difference p_k - p_{k-1} = 2 C(z_{k-1}) + F(-z_{k-2}) - F(z_k).
+// probabilities are equal to within rounding (a hair from a threshold, or exactly on one) are
+// told apart by their exact difference p_k - p_{k-1} = 2 C(z_{k-1}) + F(-z_{k-2}) - F(z_k).
 template <NoiseKind N, typename T>
 C10_HOST_DEVICE inline T mode_stair(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
@@ -96,7 +96,9 @@ C10_HOST_DEVICE inline T mode_stair(const Grid<T>& g, T a, T sigma) {
     else if (z_prev < T(0)) pk = L::cdf(z_prev) - L::cdf(z);  // both off: lower tails
     else pk = L::centered(z_prev) - L::centered(z);           // across 0
     bool take = pk >= best_p;
-    if (pk == best_p && best == k - 1) take = T(2) * L::centered(z_prev) + L::cdf(-z_prev2) - L::cdf(z) >= T(0);
+    const T margin = T(8) * std::numeric_limits<T>::epsilon() * (pk > best_p ? pk : best_p);
+    if (best == k - 1 && pk - best_p <= margin && best_p - pk <= margin)  // a near-tie: decide exactly
+      take = T(2) * L::centered(z_prev) + L::cdf(-z_prev2) - L::cdf(z) >= T(0);
     if (take) { best_p = pk; best = k; }
     z_prev2 = z_prev;
     z_prev = z;
