@@ -117,6 +117,12 @@ at::Tensor ana_code_cpu(const at::Tensor& x_, const at::Tensor& levels, const at
     using T = at::opmath_type<scalar_t>;
     auto args = make_args<T>(x, levels, thresholds, false, eps, mu_b, sigma_b, "backward mu", "backward sigma");
     if (x.numel() == 0) return;
+    SmallGrid<T> sg;
+    if (make_small_grid(args.grid, sg) && std::isfinite(static_cast<double>(args.sigma.value))) {
+      small_code(sg, x.const_data_ptr<scalar_t>(), code.mutable_data_ptr<uint8_t>(), x.numel(), args.eps,
+                 args.mu.value, args.sigma.value);
+      return;
+    }
     UniformBoxCode<T> op{};
     op.p = args;
     cpu_unary<scalar_t, uint8_t>(x.const_data_ptr<scalar_t>(), code.mutable_data_ptr<uint8_t>(), x.numel(), op);
@@ -137,6 +143,11 @@ at::Tensor ana_backward_code_cpu(const at::Tensor& grad_, const at::Tensor& code
     op.q = lv.const_data_ptr<T>();
     op.sigma_arg = scalar_arg<T>(sigma_b, g.device(), "backward sigma", Range::NonNegative, keep);
     if (g.numel() == 0) return;
+    if (op.sigma_arg.value > T(0)) {
+      small_backward_code(op.q, g.const_data_ptr<scalar_t>(), code.const_data_ptr<uint8_t>(),
+                          gx.mutable_data_ptr<scalar_t>(), g.numel(), op.sigma_arg.value);
+      return;
+    }
     cpu_binary<scalar_t, uint8_t>(g.const_data_ptr<scalar_t>(), code.const_data_ptr<uint8_t>(), gx.mutable_data_ptr<scalar_t>(), g.numel(), op);
   });
   return gx;

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../common/args.h"
+#include "../common/functors.h"
 #include "../common/philox.h"
 
 namespace anacuda {
@@ -164,6 +164,51 @@ void small_backward(const SmallGrid<T>& s, const scalar_t* g, const scalar_t* x,
           gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * (d[j] * inv_sigma));
       }
     });
+  });
+}
+
+// The 1-byte code of a uniform backward noise (functors.h UniformBoxCode), branch-free: the boxes
+// holding a are [lo, hi) with lo = #{t: a >= theta_t + sigma}, hi = #{t: theta_t - sigma <= a}.
+template <typename scalar_t, typename T>
+void small_code(const SmallGrid<T>& s, const scalar_t* x, uint8_t* code, int64_t n, const EpsLayout<T>& eps, T mu,
+                T sigma) {
+  at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock];
+    int32_t lo[kBlock], hi[kBlock];
+    for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
+      for (int64_t b = 0; b < len; b += kBlock) {
+        const int64_t m = std::min(kBlock, len - b), i = i0 + b;
+        shifted(x + i, m, e, mu, a);
+        for (int64_t j = 0; j < m; ++j) lo[j] = hi[j] = 0;
+        for (int t = 0; t < s.K; ++t) {
+          const T below = s.theta[t] + sigma, above = s.theta[t] - sigma;
+          for (int64_t j = 0; j < m; ++j) {
+            lo[j] += a[j] >= below ? 1 : 0;
+            hi[j] += a[j] >= above ? 1 : 0;
+          }
+        }
+        for (int64_t j = 0; j < m; ++j) {
+          const bool any = sigma > T(0) && hi[j] > lo[j];
+          code[i + j] = a[j] != a[j] ? kNaNCode : static_cast<uint8_t>(any ? (lo[j] << 4 | hi[j]) : 0);
+        }
+      }
+    });
+  });
+}
+
+// grad_x from the code through a 256-entry table of the box sums, each summed in the order of
+// UniformBoxCodeBackward (so the two agree bit for bit).
+template <typename scalar_t, typename T>
+void small_backward_code(const T* q, const scalar_t* g, const uint8_t* code, scalar_t* gx, int64_t n, T sigma) {
+  T table[256];
+  for (int c = 0; c < 256; ++c) {
+    T d = T(0);
+    for (int t = c >> 4; t < (c & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
+    table[c] = d * (T(1) / sigma);
+  }
+  table[kNaNCode] = std::numeric_limits<T>::quiet_NaN();
+  at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) gx[i] = static_cast<scalar_t>(static_cast<T>(g[i]) * table[code[i]]);
   });
 }
 
