@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 DEPS := ninja pybind11 numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
 RESULTS := benchmarks/results
 
-.PHONY: help deps build test demo bench figures gpu-check clean
+.PHONY: help deps build test demo experiments bench figures sanitize gpu-check clean
 
 help:
 	@echo "make demo | test | bench | gpu-check | clean"
@@ -26,6 +26,9 @@ test: build
 
 demo: build
 	$(PYTHON) -m anacuda.demo
+
+experiments: build
+	$(PYTHON) -m anacuda.experiments --grid reduced
 
 bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
