@@ -6,7 +6,7 @@ import time
 import torch
 
 
-def median_seconds(fn, *args, repeat: int = 15, warmup: int = 2, budget: float = float("inf")) -> float:
+def median_seconds(fn, *args, repeat: int = 15, warmup: int = 1, budget: float = float("inf")) -> float:
     """Median over `repeat` calls (fewer once `budget` seconds are spent, at least 3)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
