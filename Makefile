@@ -22,7 +22,7 @@ build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: build
-	$(PYTHON) -m pytest tests -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
 
 demo: build
 	$(PYTHON) -m anacuda.demo
