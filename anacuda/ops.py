@@ -82,7 +82,10 @@ def _alpha_blend_setup_context(ctx, inputs, output):
 def _alpha_blend_backward(ctx, grad):
     (alpha,) = ctx.saved_tensors
     # No gradient through the quantised term (SPEC §6): one multiply, no kernel of its own.
-    gw = grad * (1 - alpha.to(grad.dtype).reshape(())) if ctx.needs_input_grad[0] else None
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 6
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32  # half types: computed in float32
+    gw = (grad.to(acc) * (1 - alpha.to(acc).reshape(()))).to(grad.dtype)
     return gw, None, None, None, None, None
 
 

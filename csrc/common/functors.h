@@ -96,6 +96,7 @@ template <typename T> struct UniformBoxCode {
 // grad_x from the code: the same sum, in the same order, as stair_derivative.
 template <typename T> struct UniformBoxCodeBackward {
   const T* q;
+  int K;  // thresholds: levels - 1
   Scalar<T> sigma_arg;
   T sigma;
 
@@ -104,7 +105,8 @@ template <typename T> struct UniformBoxCodeBackward {
     if (code == kNaNCode || !(sigma < std::numeric_limits<T>::infinity())) return quiet_nan<T>();
     if (!(sigma > T(0))) return g * T(0);
     T d = T(0);
-    for (int t = code >> 4; t < (code & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
+    const int hi = (code & 15) < K ? (code & 15) : K;  // a code from elsewhere never reads past the levels
+    for (int t = code >> 4; t < hi; ++t) d += (q[t + 1] - q[t]) * T(0.5);
     return g * (d * (T(1) / sigma));
   }
 };

@@ -28,7 +28,7 @@ template <typename T> struct Grid {
       // An estimate by arithmetic, then exact comparisons against the stored thresholds
       // (an input exactly on a threshold goes up, whatever the rounding of the estimate).
       T e = (a - theta0) * inv_step + T(1);
-      e = e < T(0) ? T(0) : (e > T(K) ? T(K) : e);  // also maps +-inf into range
+      e = e >= T(0) ? (e <= T(K) ? e : T(K)) : T(0);  // maps +-inf, and NaN (a degenerate grid), into range
       int64_t j = static_cast<int64_t>(e);
       while (j < K && theta[j] <= a) ++j;
       while (j > 0 && theta[j - 1] > a) --j;

@@ -141,10 +141,11 @@ at::Tensor ana_backward_code_cpu(const at::Tensor& grad_, const at::Tensor& code
     std::vector<at::Tensor> keep;
     UniformBoxCodeBackward<T> op{};
     op.q = lv.const_data_ptr<T>();
+    op.K = static_cast<int>(lv.numel()) - 1;
     op.sigma_arg = scalar_arg<T>(sigma_b, g.device(), "backward sigma", Range::NonNegative, keep);
     if (g.numel() == 0) return;
     if (op.sigma_arg.value > T(0)) {
-      small_backward_code(op.q, g.const_data_ptr<scalar_t>(), code.const_data_ptr<uint8_t>(),
+      small_backward_code(op.q, op.K, g.const_data_ptr<scalar_t>(), code.const_data_ptr<uint8_t>(),
                           gx.mutable_data_ptr<scalar_t>(), g.numel(), op.sigma_arg.value);
       return;
     }

@@ -115,13 +115,20 @@ void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, 
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], acc[kBlock];
     std::vector<T> nu;
-    if (kind == SmallForward::Random) nu = random_noise<N, T>(begin, end, seed, stream);
+    int64_t nu_begin = begin, nu_end = begin;  // the noise of [nu_begin, nu_end), refilled 4096 at a time
     for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
       for (int64_t b = 0; b < len; b += kBlock) {
         const int64_t m = std::min(kBlock, len - b), i = i0 + b;
         shifted(x + i, m, e, mu, a);
         if (kind == SmallForward::Random) {
-          for (int64_t j = 0; j < m; ++j) a[j] += sigma * nu[i + j - begin];
+          for (int64_t j = 0; j < m; ++j) {
+            if (i + j >= nu_end) {
+              nu_begin = i + j;
+              nu_end = std::min(end, nu_begin + 16 * kBlock);
+              nu = random_noise<N, T>(nu_begin, nu_end, seed, stream);
+            }
+            a[j] += sigma * nu[i + j - nu_begin];
+          }
         }
         if (kind != SmallForward::Expectation) {
           hard_block(s, a, m, e, y + i);
@@ -199,11 +206,13 @@ void small_code(const SmallGrid<T>& s, const scalar_t* x, uint8_t* code, int64_t
 // grad_x from the code through a 256-entry table of the box sums, each summed in the order of
 // UniformBoxCodeBackward (so the two agree bit for bit).
 template <typename scalar_t, typename T>
-void small_backward_code(const T* q, const scalar_t* g, const uint8_t* code, scalar_t* gx, int64_t n, T sigma) {
+void small_backward_code(const T* q, int K, const scalar_t* g, const uint8_t* code, scalar_t* gx, int64_t n,
+                         T sigma) {
   T table[256];
   for (int c = 0; c < 256; ++c) {
     T d = T(0);
-    for (int t = c >> 4; t < (c & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
+    const int hi = (c & 15) < K ? (c & 15) : K;
+    for (int t = c >> 4; t < hi; ++t) d += (q[t + 1] - q[t]) * T(0.5);
     table[c] = d * (T(1) / sigma);
   }
   table[kNaNCode] = std::numeric_limits<T>::quiet_NaN();

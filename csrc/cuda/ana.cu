@@ -91,6 +91,7 @@ at::Tensor ana_backward_code_cuda(const at::Tensor& grad_, const at::Tensor& cod
     std::vector<at::Tensor> keep;
     UniformBoxCodeBackward<T> op{};
     op.q = lv.const_data_ptr<T>();
+    op.K = static_cast<int>(lv.numel()) - 1;
     op.sigma_arg = scalar_arg<T>(sigma_b, g.device(), "backward sigma", Range::NonNegative, keep);
     if (g.numel() == 0) return;
     launch_binary<scalar_t, uint8_t>(g, code, gx, op);
