@@ -34,6 +34,10 @@ bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
 	$(PYTHON) benchmarks/memory.py --out $(RESULTS)
 
+# The CPU extension under AddressSanitizer + UndefinedBehaviorSanitizer, and the op tests.
+sanitize: deps
+	bash scripts/sanitize.sh
+
 figures: build
 	$(PYTHON) scripts/ste_family.py
 

@@ -1,0 +1,367 @@
+"""Every bad input to a public entry point is a clear error: the exception type and a phrase of
+the message that says what is wrong, for ops (through functional and called directly), the
+Quantizer and Noise constructors, the layers, convert, the controllers, freeze and the scale
+helpers. Never a crash, a hang or a silent wrong result.
+
+Cases the library gets wrong today (accepts what it should reject, answers with garbage, or
+raises something unhelpful) are strict xfails whose reason says what is wrong: they flip to
+failures once fixed, so that the mark goes. test_ana.py::test_bad_arguments / test_bad_inputs,
+test_alpha_blend.py and test_nn.py hold further cases; this table does not repeat them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import CUDA, anacuda
+
+F = anacuda.functional
+Q = anacuda.Quantizer
+ops = torch.ops.anacuda
+from anacuda import Noise, scale  # noqa: E402
+from anacuda.nn import (ANAActivation, ANAConv2d, ANALinear, AlphaBlendConv1d, AlphaBlendLinear,  # noqa: E402
+                        AlphaController, Decay, NoiseController, convert, freeze)
+
+cuda_only = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs the CUDA kernels and a GPU")]
+
+
+def bug(reason: str):
+    return pytest.mark.xfail(strict=True, reason="BUG: " + reason)
+
+
+# --- helpers: small inputs --------------------------------------------------------------------------
+def x4(dtype=torch.float32):
+    return torch.linspace(-2, 2, 4, dtype=dtype)
+
+
+def f64(v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def ana_model():
+    return convert(mlp())
+
+
+def blend_model():
+    return convert(mlp(), weights="alpha_blend")
+
+
+def tables(q=None, dtype=torch.float32):
+    return (q or Q.ternary()).tables(torch.device("cpu"), dtype)
+
+
+def op_ana(x=None, levels=None, thresholds=None, uniform_grid=True, eps=None, noise="normal", mu=None, sigma=None,
+           strategy="mode", training=True, seed=None, noise_b="normal", mu_b=None, sigma_b=None):
+    """torch.ops.anacuda.ana with good arguments except the ones given."""
+    x = x4() if x is None else x
+    lv, th = tables(dtype=x.dtype if x.is_floating_point() else torch.float32)
+    return ops.ana(x, lv if levels is None else levels, th if thresholds is None else thresholds, uniform_grid,
+                   f64(1.0) if eps is None else eps, noise, f64(0.0) if mu is None else mu,
+                   f64(0.5) if sigma is None else sigma, strategy, training, seed, noise_b,
+                   f64(0.0) if mu_b is None else mu_b, f64(0.5) if sigma_b is None else sigma_b)
+
+
+def op_code_backward(code, levels, grad=None, sigma_b=None):
+    return ops.ana_backward_code(x4() if grad is None else grad, code, levels, f64(0.5) if sigma_b is None else sigma_b)
+
+
+def forged_code_backward():
+    """A code byte whose box range [0, 15) runs past the 3 levels of the ternary quantiser. The
+    levels are a view into 16 floats, so the read past them stays inside memory we own (no
+    fault here or under ASan) and shows up in the result instead: 1001 where an error belongs."""
+    storage = torch.full((16,), 1000.0)
+    storage[:3] = torch.tensor([-1.0, 0.0, 1.0])
+    return op_code_backward(torch.full((4,), 0x0F, dtype=torch.uint8), storage[:3])
+
+
+# --- the table ---------------------------------------------------------------------------------------
+def case(id, fn, exc, match, *marks):
+    return pytest.param(fn, exc, match, id=id, marks=list(marks))
+
+
+CASES = [
+    # functional.ana ----------------------------------------------------------------------------
+    case("ana-x-numpy-array", lambda: F.ana(np.ones(3), Q.ternary()), TypeError, "x must be a tensor, got ndarray"),
+    case("ana-x-bool", lambda: F.ana(torch.ones(3, dtype=torch.bool), Q.ternary()), TypeError,
+         "x must be float64, float32, float16 or bfloat16, got torch.bool"),
+    case("ana-x-sparse", lambda: F.ana(torch.ones(3).to_sparse(), Q.ternary()), NotImplementedError,
+         "Could not run 'anacuda::ana' with arguments from the 'SparseCPU' backend"),
+    case("ana-quantizer-tuple", lambda: F.ana(x4(), ([-1, 1], [0])), TypeError,
+         "quantizer must be an anacuda.Quantizer, got tuple"),
+    case("ana-noise-None", lambda: F.ana(x4(), Q.ternary(), noise=None), ValueError, "unknown noise None"),
+    case("ana-strategy-None", lambda: F.ana(x4(), Q.ternary(), strategy=None), ValueError, "unknown strategy None"),
+    case("ana-training-string", lambda: F.ana(x4(), Q.ternary(), training="False"), TypeError, "training",
+         bug("training='False' (a string, e.g. from a config file) is truthy and silently runs the training "
+             "forward; torch's own functionals reject a non-bool training flag")),
+    case("ana-mu-numpy", lambda: F.ana(x4(), Q.ternary(), mu=np.zeros(1)), TypeError,
+         "mu must be a number or a tensor, got ndarray"),
+    case("ana-eps-complex", lambda: F.ana(x4(), Q.ternary(), eps=torch.tensor(1 + 0j)), TypeError,
+         "eps must be a floating tensor, got torch.complex64"),
+    case("ana-sigma-int-overflows-float", lambda: F.ana(x4(), Q.ternary(), sigma=10**400), OverflowError,
+         "too large to convert to float"),
+    case("ana-sigma-tensor-negative-names-sigma", lambda: F.ana(x4(), Q.ternary(), sigma=torch.tensor(-0.5)),
+         RuntimeError, "^anacuda: sigma must be >= 0",
+         bug("a bad forward sigma tensor is reported as 'anacuda: backward sigma must be >= 0' (the op checks "
+             "the backward noise, which defaults to the forward one, first): the user never passed a backward "
+             "sigma")),
+    case("ana-sigma-overflows-float32", lambda: F.ana(x4(), Q.uniform(8), "uniform", sigma=1e39, strategy="mode"),
+         (ValueError, RuntimeError), "sigma",
+         bug("sigma = 1e39 passes the float64 check but is inf in the float32 compute type: no error, and the "
+             "kernel returns NaN where the reference returns 127 (mode; expectation: NaN vs -0.5)")),
+    case("ana-eps-overflows-float32", lambda: F.ana(x4(), Q.uniform(8), "normal", eps=1e39),
+         (ValueError, RuntimeError), "eps",
+         bug("eps = 1e39 passes the float64 check but is inf in float32: no error; the normal/logistic "
+             "expectation path returns -inf (the reference NaN, the other paths NaN)")),
+    case("ana-eps-on-meta", lambda: F.ana(x4(), Q.ternary(), eps=torch.ones(4, device="meta")), RuntimeError,
+         "eps is on meta",
+         bug("a hyper-parameter on the meta device sends the call to the fake (meta) kernel, which returns "
+             "torch.empty_like(x) on the CPU: uninitialised memory as the result, no error")),
+    case("ana-mu-on-meta", lambda: F.ana(x4(), Q.ternary(), mu=torch.tensor(0.0, device="meta")), RuntimeError,
+         "mu is on meta", bug("as ana-eps-on-meta: uninitialised output")),
+    case("ana-sigma-on-meta", lambda: F.ana(x4(), Q.ternary(), sigma=torch.tensor(0.5, device="meta")),
+         RuntimeError, "sigma is on meta", bug("as ana-eps-on-meta: uninitialised output")),
+    case("ana-eps-on-cuda-x-on-cpu", lambda: F.ana(x4(), Q.ternary(), eps=torch.ones(4, device="cuda")),
+         RuntimeError, "(?i)cuda", *cuda_only),
+    case("ana-generator-not-a-generator", lambda: F.ana(x4(), Q.ternary(), strategy="random", generator="seed"),
+         TypeError, "generator"),
+    case("ana-generator-on-cuda-x-on-cpu",
+         lambda: F.ana(x4(), Q.ternary(), strategy="random", generator=torch.Generator("cuda")),
+         RuntimeError, "generator", *cuda_only),
+    case("ana-backward-noise-dict", lambda: F.ana(x4(), Q.ternary(), backward_noise={"name": "uniform"}), TypeError,
+         r"a noise is a name or a \(name, mu, sigma\) tuple"),
+    case("ana-backward-noise-unknown-law", lambda: F.ana(x4(), Q.ternary(), backward_noise=Noise("gauss", 0.0, 1.0)),
+         ValueError, "unknown noise 'gauss'"),
+    # functional.alpha_blend ---------------------------------------------------------------------
+    case("alpha_blend-alpha-None", lambda: F.alpha_blend(x4(), Q.ternary(), None), TypeError,
+         "alpha must be a number or a tensor, got NoneType"),
+    case("alpha_blend-alpha-int-tensor", lambda: F.alpha_blend(x4(), Q.ternary(), torch.tensor(1)), TypeError,
+         "alpha must be a floating tensor"),
+    case("alpha_blend-alpha-requires-grad",
+         lambda: F.alpha_blend(x4(), Q.ternary(), torch.tensor(0.5, requires_grad=True)), ValueError,
+         "alpha takes no gradient"),
+    case("alpha_blend-alpha-on-meta", lambda: F.alpha_blend(x4(), Q.ternary(), torch.tensor(0.5, device="meta")),
+         RuntimeError, "alpha is on meta", bug("as ana-eps-on-meta: uninitialised output")),
+    case("alpha_blend-eps-per-channel-negative",
+         lambda: F.alpha_blend(torch.ones(3, 4), Q.ternary(), 0.5, eps=-torch.ones(3, 1)), RuntimeError,
+         "every eps must be finite and > 0"),
+    case("alpha_blend-w-list", lambda: F.alpha_blend([1.0, 2.0], Q.ternary(), 0.5), TypeError, "must be a tensor"),
+    # Quantizer, Noise ---------------------------------------------------------------------------
+    case("Quantizer-levels-None", lambda: Q(None, [0.5]), TypeError, "levels must be a sequence of numbers"),
+    case("Quantizer-levels-0d-tensor", lambda: Q(torch.tensor(1.0), [0.5]), ValueError,
+         "levels must be one-dimensional"),
+    case("Quantizer-levels-string", lambda: Q("13", "2"), TypeError, "sequence of numbers",
+         bug("a string is iterated character by character: Quantizer('13', '2') builds levels [1, 3] and "
+             "threshold 2")),
+    case("Quantizer-levels-complex", lambda: Q(torch.tensor([1 + 1j, 2 + 0j]), [1.5]), TypeError, "levels",
+         bug("complex levels lose their imaginary part with only a torch UserWarning"),
+         pytest.mark.filterwarnings("ignore:Casting complex values to real")),
+    case("Quantizer.uniform-nbits-float", lambda: Q.uniform(2.0), ValueError, r"nbits must be an integer in \[1, 24\]"),
+    case("Quantizer.uniform-nbits-25", lambda: Q.uniform(25), ValueError, r"nbits must be an integer in \[1, 24\], got 25"),
+    case("Noise.of-None", lambda: Noise.of(None), TypeError, r"a noise is a name or a \(name, mu, sigma\) tuple"),
+    case("Noise.of-4-tuple", lambda: Noise.of(("uniform", 0.0, 1.0, 2.0)), TypeError,
+         r"a noise is a name or a \(name, mu, sigma\) tuple"),
+    case("Noise.of-unknown-law", lambda: Noise.of("gauss"), ValueError, "unknown noise 'gauss'"),
+    # layers --------------------------------------------------------------------------------------
+    case("ANAActivation-quantizer-string", lambda: ANAActivation("ternary"), TypeError,
+         "quantizer must be an anacuda.Quantizer, got str"),
+    case("ANAActivation-eps-string", lambda: ANAActivation(eps="max_abs"), TypeError,
+         "eps must be a number or a tensor, got str"),
+    case("ANAActivation-sigma-tensor-negative", lambda: ANAActivation(sigma=torch.tensor(-1.0)), ValueError, "sigma",
+         bug("the constructor rejects sigma=-1.0 but stores sigma=torch.tensor(-1.0) as it is; the error only "
+             "comes at the first forward on the CPU (on a GPU the output silently turns NaN)")),
+    case("ANALinear-eps-mode-unknown", lambda: ANALinear(3, 4, eps="per_channel"), ValueError,
+         "weight eps must be a number, a tensor or one of"),
+    case("ANALinear-init-unknown", lambda: ANALinear(3, 4, init="zeros"), ValueError,
+         "init must be None or 'thresholds'"),
+    case("ANALinear-eps-tensor-negative", lambda: ANALinear(3, 4, eps=torch.tensor(-1.0)), ValueError, "eps",
+         bug("as ANAActivation-sigma-tensor-negative: a negative eps tensor is stored, the error deferred")),
+    case("ANALinear-eps-shape-at-forward", lambda: ANALinear(3, 4, eps=torch.ones(3, 1))(torch.ones(2, 3)),
+         RuntimeError, "eps of shape \\[3, 1\\] does not broadcast to the input's shape \\[4, 3\\]"),
+    case("ANAConv2d-strategy-unknown", lambda: ANAConv2d(3, 4, 3, strategy="sample"), ValueError,
+         "unknown strategy 'sample'"),
+    case("AlphaBlendLinear-alpha-tensor-2", lambda: AlphaBlendLinear(3, 4, alpha=torch.tensor(2.0)), ValueError,
+         "alpha", bug("alpha=2.0 is rejected but alpha=torch.tensor(2.0) is stored as it is")),
+    case("AlphaBlendConv1d-quantizer-string", lambda: AlphaBlendConv1d(3, 4, 3, quantizer="x"), TypeError,
+         "quantizer must be an anacuda.Quantizer, got str"),
+    # convert ---------------------------------------------------------------------------------------
+    case("convert-model-int", lambda: convert(42), TypeError, "model must be a torch.nn.Module, got int"),
+    case("convert-activations-unknown", lambda: convert(mlp(), activations="relu"), ValueError,
+         "activations must be 'ana' or None"),
+    case("convert-skip-int", lambda: convert(mlp(), skip=[3]), TypeError, "skip holds module names or types, got 3"),
+    case("convert-weight-quantizer-string", lambda: convert(mlp(), weight_quantizer="ternary"), TypeError,
+         "quantizer must be an anacuda.Quantizer"),
+    case("convert-noise-unknown", lambda: convert(mlp(), noise="gauss"), ValueError, "unknown noise 'gauss'"),
+    case("convert-noise-unknown-nothing-to-convert", lambda: convert(nn.Sequential(nn.Identity()), noise="gauss"),
+         ValueError, "unknown noise 'gauss'",
+         bug("convert checks noise, strategy, sigma, eps only while building a layer: with nothing to "
+             "convert a bad argument passes unnoticed")),
+    case("convert-alpha-out-of-range", lambda: convert(mlp(), weights="alpha_blend", alpha=3), ValueError,
+         r"alpha must be in \[0, 1\]"),
+    # NoiseController, AlphaController, Decay ---------------------------------------------------------
+    case("NoiseController-model-int", lambda: NoiseController(42), TypeError, "torch.nn.Module",
+         bug("raises AttributeError: 'int' object has no attribute 'named_modules'")),
+    case("NoiseController-epochs-string", lambda: NoiseController(ana_model(), "10"), (TypeError, ValueError),
+         "epochs", bug("raises TypeError: '>' not supported between instances of 'str' and 'int'")),
+    case("NoiseController-epochs-nan", lambda: NoiseController(ana_model(), math.nan), ValueError,
+         "epochs must be > 0, got nan"),
+    case("NoiseController-epochs-inf", lambda: NoiseController(ana_model(), math.inf), ValueError,
+         r"tstart < tend, got \[0.0, inf\]"),
+    case("NoiseController-window-unknown", lambda: NoiseController(ana_model(), window="x"), ValueError,
+         "unknown window 'x'"),
+    case("NoiseController-power-unknown", lambda: NoiseController(ana_model(), power="x"), ValueError,
+         "unknown power 'x'"),
+    case("NoiseController-schedule-unknown", lambda: NoiseController(ana_model(), schedule="x"), ValueError,
+         "unknown schedule 'x'"),
+    case("NoiseController-group-unknown", lambda: NoiseController(ana_model(), groups=[["zz"]]), ValueError,
+         r"\['zz'\] are not ANA layers of the model"),
+    case("NoiseController-group-empty", lambda: NoiseController(ana_model(), groups=[[]]), ValueError, "group",
+         bug("an empty group raises IndexError: list index out of range")),
+    case("NoiseController-sigma0-negative", lambda: NoiseController(ana_model(), sigma0=-1.0), ValueError, "sigma0",
+         bug("accepted: writes sigma = -1 into every layer; the first forward then fails (CPU) or outputs NaN "
+             "(GPU)")),
+    case("NoiseController-sigma0-nan", lambda: NoiseController(ana_model(), sigma0=math.nan), ValueError, "sigma0",
+         bug("accepted: writes sigma = NaN into every layer")),
+    case("NoiseController-ctrl_spec-without-modules",
+         lambda: NoiseController(ana_model(), ctrl_spec=[{"mi": {"beta": 0.0}}]), (ValueError, KeyError),
+         "ctrl_spec", bug("raises a bare KeyError: 'modules'")),
+    case("NoiseController-ctrl_spec-fun-unknown",
+         lambda: NoiseController(ana_model(), ctrl_spec=[{"modules": ["0"], "mi": {"fun": "exp"}}]), ValueError,
+         "unknown ctrl_spec fun 'exp'"),
+    case("NoiseController-step-string", lambda: NoiseController(ana_model()).step("a"), ValueError,
+         "could not convert string to float: 'a'"),
+    case("AlphaController-model-int", lambda: AlphaController(42), TypeError, "torch.nn.Module",
+         bug("raises AttributeError: 'int' object has no attribute 'named_modules'")),
+    case("AlphaController-shape-unknown", lambda: AlphaController(blend_model(), shape="x"), ValueError,
+         "shape must be 'cubic' or 'linear'"),
+    case("AlphaController-end-before-start", lambda: AlphaController(blend_model(), 1.0, start=2.0), ValueError,
+         r"needs start < end, got \[2.0, 1.0\]"),
+    case("AlphaController-start-minus-inf", lambda: AlphaController(blend_model(), 1.0, start=-math.inf), ValueError,
+         "start", bug("accepted: alpha = NaN is written into every layer; the first forward fails")),
+    case("Decay-power-negative", lambda: Decay("bws", 0, 1, -1), ValueError, "the decay power must be >= 0"),
+    # freeze --------------------------------------------------------------------------------------------
+    case("freeze-model-int", lambda: freeze(42), TypeError, "torch.nn.Module",
+         bug("raises AttributeError: 'int' object has no attribute 'eval'")),
+    case("freeze-not-converted", lambda: freeze(mlp()), ValueError, "convert",
+         bug("a model without anacuda layers comes back as an unquantised float copy, silently (the "
+             "controllers raise 'the model has no ... layers (convert it ...)' for the same model)")),
+    case("freeze-levels-not-increasing", lambda: freeze(convert(mlp(), weight_quantizer=Q([1.0, -1.0], [0.0]))),
+         RuntimeError, "levels must be increasing for freeze"),
+    # scale -------------------------------------------------------------------------------------------
+    case("scale.max_abs-x-list", lambda: scale.max_abs([1.0], Q.ternary()), TypeError, "x must be a floating tensor"),
+    case("scale.max_abs-x-int", lambda: scale.max_abs(torch.ones(3, dtype=torch.int32), Q.ternary()), TypeError,
+         "x must be a floating tensor"),
+    case("scale.max_abs-quantizer-string", lambda: scale.max_abs(torch.ones(3), "ternary"), TypeError,
+         "anacuda.Quantizer", bug("raises AttributeError: 'str' object has no attribute 'min_level'")),
+    case("scale.max_abs-dim-string", lambda: scale.max_abs(torch.ones(3, 2), Q.ternary(), dim="0"), TypeError, "dim",
+         bug("raises TypeError: '<=' not supported between instances of 'int' and 'str'")),
+    case("scale.max_abs-dim-0d", lambda: scale.max_abs(torch.tensor(1.0), Q.ternary(), dim=0), ValueError,
+         "dim 0 is out of range for a 0-d tensor"),
+    case("scale.min_max-all-levels-zero", lambda: scale.min_max(torch.ones(3), Q([0.0, 0.0], [0.5])), ValueError,
+         "every level of the quantiser is 0"),
+    case("scale.min_max-empty", lambda: scale.min_max(torch.empty(0, 2), Q.ternary(), dim=1), ValueError,
+         "x is empty"),
+    # torch.ops.anacuda called directly --------------------------------------------------------------
+    case("op.ana-seed-float", lambda: op_ana(strategy="random", seed=torch.tensor([1.0, 2.0])), RuntimeError,
+         r"seed must be an int64 tensor of 2 elements \(seed, stream\)"),
+    case("op.ana-seed-on-meta", lambda: op_ana(strategy="random", seed=torch.tensor([1, 2], device="meta")),
+         RuntimeError, "seed is on meta", bug("as ana-eps-on-meta: the fake kernel answers, uninitialised")),
+    case("op.ana-levels-on-meta", lambda: op_ana(levels=tables()[0].to("meta")), RuntimeError,
+         "levels and thresholds must be on the input's device",
+         bug("as ana-eps-on-meta: the fake kernel answers, uninitialised")),
+    case("op.ana-mu-two-elements", lambda: op_ana(mu=f64([0.0, 1.0])), RuntimeError,
+         r"mu must be a number or a one-element tensor, got shape \[2\]"),
+    case("op.ana-mu-int", lambda: op_ana(mu=torch.tensor(0)), RuntimeError, "mu must be a floating tensor, got Long"),
+    case("op.ana-sigma-nan", lambda: op_ana(sigma=f64(math.nan), noise_b="uniform", sigma_b=f64(0.5)), RuntimeError,
+         "^anacuda: sigma must be finite, got nan"),
+    case("op.ana-eps-int", lambda: op_ana(eps=torch.tensor(1)), RuntimeError,
+         "eps must be a number or a floating tensor"),
+    case("op.ana-thresholds-2d", lambda: op_ana(thresholds=tables()[1].reshape(1, 2)), RuntimeError,
+         r"thresholds must be a non-empty 1-D tensor, got shape \[1, 2\]"),
+    case("op.ana-tables-float64-for-half", lambda: op_ana(x=x4(torch.float16), levels=tables()[0].double(),
+                                                          thresholds=tables()[1].double()),
+         RuntimeError, "levels and thresholds must be Float for a Half input"),
+    case("op.ana-noise-b-unknown", lambda: op_ana(noise_b="box"), RuntimeError, "unknown noise 'box'"),
+    case("op.ana_backward-grad-dtype",
+         lambda: ops.ana_backward(x4(torch.float64), x4(), *tables(), True, f64(1.0), "normal", f64(0.0), f64(0.5)),
+         RuntimeError, "the gradient must have the input's shape, dtype and device"),
+    case("op.ana_backward-x-int",
+         lambda: ops.ana_backward(torch.ones(4, dtype=torch.int32), torch.ones(4, dtype=torch.int32), *tables(), True,
+                                  f64(1.0), "normal", f64(0.0), f64(0.5)),
+         RuntimeError, "input must be float64, float32, float16 or bfloat16, got Int"),
+    case("op.ana_code-x-int",
+         lambda: ops.ana_code(torch.ones(4, dtype=torch.int32), *tables(), f64(1.0), f64(0.0), f64(0.5)),
+         RuntimeError, "input must be float64, float32, float16 or bfloat16, got Int"),
+    case("op.ana_backward_code-17-levels", lambda: op_code_backward(torch.zeros(4, dtype=torch.uint8), torch.zeros(17)),
+         RuntimeError, "a coded backward needs 2 to 16 levels, got 17"),
+    case("op.ana_backward_code-levels-float64",
+         lambda: op_code_backward(torch.zeros(4, dtype=torch.uint8), tables()[0].double()), RuntimeError,
+         "levels must be Float on the gradient's device"),
+    case("op.ana_backward_code-code-shape", lambda: op_code_backward(torch.zeros(5, dtype=torch.uint8), tables()[0]),
+         RuntimeError, "the code must be a uint8 tensor of the gradient's shape and device"),
+    case("op.ana_backward_code-code-beyond-levels", forged_code_backward, RuntimeError, "code",
+         bug("code bytes are not checked against the number of levels: a box range [lo, hi) with hi >= "
+             "levels.numel() is clamped to the levels (no read past them any more) but raises no error")),
+    case("op.alpha_blend-alpha-two-elements", lambda: ops.alpha_blend(x4(), *tables(), True, f64(1.0), f64([0.1, 0.2])),
+         RuntimeError, r"alpha must be a number or a one-element tensor, got shape \[2\]"),
+    case("op.alpha_blend-alpha-1.5", lambda: ops.alpha_blend(x4(), *tables(), True, f64(1.0), f64(1.5)), RuntimeError,
+         r"alpha must be in \[0, 1\], got 1.5"),
+    case("op.alpha_blend-w-int",
+         lambda: ops.alpha_blend(torch.ones(4, dtype=torch.int32), *tables(), True, f64(1.0), f64(0.5)),
+         RuntimeError, "weight must be float64, float32, float16 or bfloat16, got Int"),
+]
+
+
+@pytest.mark.parametrize("call, exc, match", CASES)
+def test_bad_input_is_a_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_the_table_is_broad():
+    """At least 30 kinds of bad input, over every public entry point."""
+    ids = [p.id for p in CASES]
+    assert len(ids) == len(set(ids)) >= 30
+    for prefix in ["ana-", "alpha_blend-", "Quantizer", "Noise", "ANAActivation", "ANALinear", "AlphaBlend",
+                   "convert", "NoiseController", "AlphaController", "freeze", "scale.", "op.ana-", "op.ana_backward",
+                   "op.ana_code", "op.alpha_blend"]:
+        assert any(i.startswith(prefix) for i in ids), prefix
+
+
+# --- inputs that are odd but legal: a defined answer, no error --------------------------------------
+def test_a_lying_uniform_grid_hint_still_gives_the_right_answer():
+    """uniform_grid is a hint (the kernels compare with the stored thresholds either way): passed
+    for a non-uniform grid straight to the op, the answer is still the stair's."""
+    q = Q([0.0, 1.0, 2.0, 3.0, 5.0], [-2.0, 0.1, 0.2, 3.0])
+    assert not q.uniform_grid
+    x = torch.linspace(-4, 5, 91)
+    lv, th = q.tables(x.device, x.dtype)
+    for strategy, sigma in [("mode", 0.3), ("expectation", 0.3), ("mode", 0.0)]:
+        for noise in anacuda.NOISES:
+            lie = ops.ana(x, lv, th, True, f64(1.0), noise, f64(0.0), f64(sigma), strategy, True, None, noise, f64(0.0),
+                          f64(sigma))
+            truth = ops.ana(x, lv, th, False, f64(1.0), noise, f64(0.0), f64(sigma), strategy, True, None, noise,
+                            f64(0.0), f64(sigma))
+            assert torch.equal(lie, truth), (strategy, noise, sigma)
+
+
+def test_a_failed_call_leaves_nothing_behind():
+    """After a rejected call the same quantiser and input still give the right answer (the
+    cached tables are not half-built, the input is untouched)."""
+    q = Q.uniform(3)
+    x = torch.linspace(-5, 5, 33)
+    x0 = x.clone()
+    good = F.ana(x, q, "normal", 0.1, 0.4, "mode")
+    for bad in [dict(sigma=-1.0), dict(eps=torch.ones(7)), dict(noise="gauss"), dict(mu=torch.tensor(math.nan))]:
+        with pytest.raises((ValueError, RuntimeError)):
+            F.ana(x, q, **{**dict(noise="normal", mu=0.1, sigma=0.4, strategy="mode"), **bad})
+    assert torch.equal(x, x0)
+    assert torch.equal(F.ana(x, q, "normal", 0.1, 0.4, "mode"), good)
