@@ -85,7 +85,30 @@ def auto_groups(model: nn.Module) -> List[List[str]]:
     return groups
 
 
-class NoiseController:
+class _Clock:
+    """Time in the unit the user steps (epochs or iterations) and writing the values it implies
+    into the layers (`_apply`)."""
+
+    t = 0.0
+
+    def _apply(self):
+        raise NotImplementedError
+
+    def step(self, t: Optional[float] = None) -> None:
+        """Advance one unit of time (an epoch, or an iteration if you count in those), or jump
+        to time `t` (fractional epochs allowed), and write the new values into the layers."""
+        self.t = self.t + 1.0 if t is None else float(t)
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return {"t": self.t}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = float(state["t"])
+        self._apply()
+
+
+class NoiseController(_Clock):
     """Anneals μ and σ of a model's ANA layers, per layer group.
 
     `epochs`: the annealing horizon T (in the unit you step). `window` places each group's decay
@@ -178,25 +201,12 @@ class NoiseController:
                 m.mu.fill_(v["mu"])
                 m.sigma.fill_(v["sigma"])
 
-    def step(self, t: Optional[float] = None) -> None:
-        """Advance one unit of time (an epoch, or an iteration if you count in those), or jump
-        to time `t` (fractional epochs allowed), and write the new μ and σ into the layers."""
-        self.t = self.t + 1.0 if t is None else float(t)
-        self._apply()
-
-    def state_dict(self) -> dict:
-        return {"t": self.t}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.t = float(state["t"])
-        self._apply()
-
     def __repr__(self) -> str:
         rows = ", ".join(f"{v['modules']}: mu={v['mu']:.4g} sigma={v['sigma']:.4g}" for v in self.values())
         return f"NoiseController(t={self.t:g}; {rows})"
 
 
-class AlphaController:
+class AlphaController(_Clock):
     """Ramps α of every alpha-blending layer from 0 to 1 over [start, end] (in the unit you
     step): cubic, α = 1 − (1 − s)³ (Liu & Mattina), or linear, α = s, with s the progress."""
 
@@ -224,13 +234,3 @@ class AlphaController:
         for m in self.modules:
             m.alpha.fill_(a)
 
-    def step(self, t: Optional[float] = None) -> None:
-        self.t = self.t + 1.0 if t is None else float(t)
-        self._apply()
-
-    def state_dict(self) -> dict:
-        return {"t": self.t}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.t = float(state["t"])
-        self._apply()
