@@ -14,8 +14,9 @@
 # $LDSHARED + $LDFLAGS + $CFLAGS (or $LDCXXSHARED + $LDFLAGS + $CXXFLAGS); the sanitizer flags go
 # into all three. The extension's own -O3 comes after them and wins; -g and the frame pointer
 # keep the reports symbolised. Python and torch are not instrumented, so the ASan runtime is
-# preloaded (it must be the first library loaded) and leak detection is off (the interpreter
-# never frees some of its memory, by design).
+# preloaded (it must be the first library loaded; libstdc++ with it, for ASan's __cxa_throw
+# interceptor) and leak detection is off (the interpreter never frees some of its memory, by
+# design). Reports are written to build/asan/reports and the script fails if there is any.
 #
 # What it covers: heap/stack/global buffer overflows and use-after-free in the extension's own
 # code, and memory torch or libc touch on its behalf through intercepted functions (memcpy, ...);
