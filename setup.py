@@ -108,7 +108,14 @@ if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
 
 torch_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 sources = ["csrc/anacuda.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", "-Wall", "-Wno-unknown-pragmas"]
+# No contraction of a * b + c into FMA: the AVX2 build of the CPU kernels (csrc/cpu/isa_avx2.cpp)
+# rounds as the baseline build and the CUDA kernels do. No trapping maths (nothing unmasks the
+# floating-point exceptions): lets the compiler vectorise `isnan(a) ? a : e * v` as a select.
+cxx_flags = ["-O3", "-Wall", "-Wno-unknown-pragmas", "-ffp-contract=off", "-fno-trapping-math"]
+# at::parallel_for runs its chunks on torch's OpenMP threads only in code compiled with OpenMP
+# (without it every CPU kernel runs on one thread). The libgomp torch loads is the one used.
+cxx_flags.append("-fopenmp")
+link_flags = ["-fopenmp"]
 define_macros = [("ANACUDA_WITH_CUDA", "1" if WITH_CUDA else "0")]
 if WITH_CUDA:
     # No fast math: CPU and CUDA must agree with the reference; no FMA contraction either,
@@ -122,10 +129,12 @@ if WITH_CUDA:
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 else:
     wheel_includes = []
-    ext = CppExtension("anacuda._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension("anacuda._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx_flags},
+                       extra_link_args=link_flags)
 
 def _nvcc_version():
     try:

@@ -42,7 +42,8 @@ __version__ = "0.1.0"
 
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled in, the CUDA
-    version and architectures."""
+    version and architectures; and which build of the CPU kernels runs here (AVX2, or DEFAULT
+    on other processors and under ``ATEN_CPU_CAPABILITY=default``)."""
     return {
         "version": __version__,
         "torch": _build_info.TORCH_VERSION,
@@ -50,6 +51,7 @@ def build_info() -> dict:
         "cuda": _build_info.CUDA_VERSION,
         "nvcc": getattr(_build_info, "NVCC_VERSION", None),
         "cuda_arch_list": _build_info.CUDA_ARCH_LIST,
+        "cpu_kernels": _C.cpu_kernels(),
     }
 
 

@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/kernels.h"
+
 TORCH_LIBRARY(anacuda, m) {
   // --- ANA (SPEC §4, §5) ---------------------------------------------------------------
   // y = eps * g(x / eps). levels/thresholds: the quantiser in the compute dtype (float64 for
@@ -42,8 +44,11 @@ namespace {
 
 PyObject* with_cuda(PyObject*, PyObject*) { return PyBool_FromLong(ANACUDA_WITH_CUDA); }
 
+PyObject* cpu_kernels(PyObject*, PyObject*) { return PyUnicode_FromString(anacuda::cpu_kernels().name); }
+
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels are compiled in."},
+    {"cpu_kernels", cpu_kernels, METH_NOARGS, "The build of the CPU kernels in use: AVX2 or DEFAULT."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

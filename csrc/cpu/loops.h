@@ -2,12 +2,10 @@
 // chunks; the random strategy's Philox block is computed once per 4 elements.
 #pragma once
 
-#include <ATen/Parallel.h>
-#include <ATen/OpMathType.h>
-
-#include "../common/philox.h"
+#include "kernels_deps.h"
 
 namespace anacuda {
+namespace CPU_CAPABILITY {
 
 constexpr int64_t kGrain = 16384;
 
@@ -40,4 +38,5 @@ void cpu_binary(const scalar_t* g, const x_t* x, scalar_t* out, int64_t n, Op op
   });
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace anacuda

@@ -1,25 +1,17 @@
 // CPU fast path for quantisers with few thresholds (K <= kSmallK): every element meets every
 // threshold in branch-free loops over blocks of elements that the compiler vectorises,
 // instead of the per-element window walk of common/stair.h (whose data-dependent branches
-// dominate on a CPU). Same maths, same noise functions (common/noise.h); used where it is
-// exact: the hard stair (eval, sigma = 0, and mode with a compact noise no wider than half
-// the smallest gap, where the most likely level is the hard stair's), expectation and
-// backward with uniform or triangular noise, and the random strategy.
+// dominate on a CPU). Same maths, same noise formulas (common/noise.h, noise_vec.h); used
+// where it is exact: the hard stair (eval, sigma = 0, and mode with a compact noise no wider
+// than half the smallest gap, where the most likely level is the hard stair's), expectation
+// and backward with every noise, the random strategy, the 1-byte code and alpha-blending.
 #pragma once
 
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-
-#include <ATen/ATen.h>
-
-#include <algorithm>
-#include <cstdint>
-#include <vector>
-
-#include "../common/functors.h"
-#include "../common/philox.h"
+#include "kernels_deps.h"
+#include "noise_vec.h"
 
 namespace anacuda {
+namespace CPU_CAPABILITY {
 
 constexpr int kSmallK = 32;
 constexpr int64_t kBlock = 256;
@@ -63,72 +55,100 @@ template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, 
   for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e - mu;
 }
 
-// idx[j] = the level of a[j]: counted threshold by threshold.
-template <typename T> inline void levels_block(const SmallGrid<T>& s, const T* a, int64_t n, int32_t* idx) {
-  for (int64_t j = 0; j < n; ++j) idx[j] = 0;
+// v[j] = Q(a[j]) = q[#{t: a[j] >= theta_t}] as a chain of selects (the thresholds are sorted),
+// so no gather; a NaN a[j] gives q[0] (the callers keep the NaN).
+template <typename T> inline void level_values(const SmallGrid<T>& s, const T* a, int64_t n, T* v) {
+  for (int64_t j = 0; j < n; ++j) v[j] = s.q[0];
   for (int t = 0; t < s.K; ++t) {
-    const T th = s.theta[t];
-    for (int64_t j = 0; j < n; ++j) idx[j] += a[j] >= th ? 1 : 0;
+    const T th = s.theta[t], q = s.q[t + 1];
+    for (int64_t j = 0; j < n; ++j) v[j] = a[j] >= th ? q : v[j];
   }
 }
 
 // y[j] = e * Q(a[j]) (NaN stays NaN).
 template <typename scalar_t, typename T>
 inline void hard_block(const SmallGrid<T>& s, const T* a, int64_t n, T e, scalar_t* y) {
-  int32_t idx[kBlock];
-  levels_block(s, a, n, idx);
-  for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e * s.q[idx[j]]);
+  T v[kBlock];
+  level_values(s, a, n, v);
+  for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e * v[j]);
+}
+
+// r[j] = the uniform number in (0, 1) of element begin + j (j < m <= kBlock): word k % 4 of the
+// Philox block k / 4 (common/philox.h), the blocks computed side by side so that the rounds
+// vectorise.
+template <typename T> inline void uniform_block(int64_t begin, int64_t m, uint64_t seed, uint64_t stream, T* r) {
+  constexpr int kMaxBlocks = kBlock / 4 + 2;
+  const uint64_t b0 = static_cast<uint64_t>(begin) >> 2;
+  const int nb = static_cast<int>((static_cast<uint64_t>(begin + m - 1) >> 2) - b0 + 1);
+  uint32_t c0[kMaxBlocks], c1[kMaxBlocks], c2[kMaxBlocks], c3[kMaxBlocks], w[4 * kMaxBlocks];
+  for (int j = 0; j < nb; ++j) {
+    const uint64_t b = b0 + static_cast<uint64_t>(j);
+    c0[j] = static_cast<uint32_t>(b);
+    c1[j] = static_cast<uint32_t>(b >> 32);
+    c2[j] = static_cast<uint32_t>(stream);
+    c3[j] = static_cast<uint32_t>(stream >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    for (int j = 0; j < nb; ++j) {
+      const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0[j], p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2[j];
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[j] ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
+      c0[j] = n0;
+      c1[j] = static_cast<uint32_t>(p1);
+      c2[j] = n2;
+      c3[j] = static_cast<uint32_t>(p0);
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  for (int j = 0; j < nb; ++j) {
+    w[4 * j] = c0[j];
+    w[4 * j + 1] = c1[j];
+    w[4 * j + 2] = c2[j];
+    w[4 * j + 3] = c3[j];
+  }
+  const uint32_t* wk = w + (begin & 3);
+  for (int64_t j = 0; j < m; ++j) r[j] = uniform_open<T>(wk[j]);
+}
+
+// nu[j] = the standardised noise of element begin + j: the quantile of its uniform number.
+template <NoiseKind N, typename T> inline void noise_block(int64_t begin, int64_t m, uint64_t seed, uint64_t stream, T* nu) {
+  uniform_block(begin, m, seed, stream, nu);
+  if constexpr (N == NoiseKind::Logistic) {
+    map_vec(nu, m, [](auto r) { return VecNoise<N, T>::quantile(r); });
+  } else {
+    for (int64_t j = 0; j < m; ++j) nu[j] = Noise<N, T>::quantile(nu[j]);
+  }
+}
+
+// f[j] = F(v) (or the density f(v) when kDensity) at v = (a[j] - theta) / sigma: the compact
+// laws in loops the compiler vectorises, the smooth ones with SIMD exp and erfc.
+template <NoiseKind N, bool kDensity, typename T> inline void noise_values(const T* a, int64_t m, T theta, T inv_sigma, T* f) {
+  for (int64_t j = 0; j < m; ++j) f[j] = (a[j] - theta) * inv_sigma;
+  if constexpr (N == NoiseKind::Normal || N == NoiseKind::Logistic) {
+    if constexpr (kDensity) map_vec(f, m, [](auto v) { return VecNoise<N, T>::pdf(v); });
+    else map_vec(f, m, [](auto v) { return VecNoise<N, T>::cdf(v); });
+  } else {
+    for (int64_t j = 0; j < m; ++j) f[j] = kDensity ? Noise<N, T>::pdf(f[j]) : Noise<N, T>::cdf(f[j]);
+  }
 }
 
 enum class SmallForward { Hard, Expectation, Random };
 
-// The standardised noise of elements [begin, end): quantile(r) with r from element i's Philox
-// word (the word the CUDA kernel gives element i). The logistic quantile log(r) - log1p(-r)
-// runs over the whole range with ATen's vectorised log and log1p.
-template <NoiseKind N, typename T> std::vector<T> random_noise(int64_t begin, int64_t end, uint64_t seed, uint64_t stream) {
-  const int64_t m = end - begin;
-  std::vector<T> r(m);
-  for (int64_t j = 0; j < m;) {
-    const int64_t k = begin + j;
-    const Philox4 blk = philox4x32_10(static_cast<uint64_t>(k) >> 2, stream, seed);
-    for (int64_t w = k & 3; w < 4 && j < m; ++w, ++j) r[j] = uniform_open<T>(blk.w[w]);
-  }
-  if constexpr (N == NoiseKind::Logistic) {
-    std::vector<T> l(m);
-    const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-    at::Tensor tr = at::from_blob(r.data(), {m}, opt), tl = at::from_blob(l.data(), {m}, opt);
-    at::log_out(tl, tr);
-    at::log1p_out(tr, tr.neg_());  // r <- log1p(-r)
-    for (int64_t j = 0; j < m; ++j) r[j] = l[j] - r[j];
-  } else {
-    for (int64_t j = 0; j < m; ++j) r[j] = Noise<N, T>::quantile(r[j]);
-  }
-  return r;
-}
-
-// The forward of [begin, end) on the small-grid path; `kind` chosen by the caller.
+// The forward of the whole input on the small-grid path; `kind` chosen by the caller.
 template <NoiseKind N, typename scalar_t, typename T>
 void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, scalar_t* y, int64_t n,
                    const EpsLayout<T>& eps, T mu, T sigma, uint64_t seed, uint64_t stream) {
-  using L = Noise<N, T>;
   const T inv_sigma = T(1) / sigma;
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
-    T a[kBlock], acc[kBlock];
-    std::vector<T> nu;
-    int64_t nu_begin = begin, nu_end = begin;  // the noise of [nu_begin, nu_end), refilled 4096 at a time
+    T a[kBlock], acc[kBlock], nu[kBlock], f[kBlock];
     for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
       for (int64_t b = 0; b < len; b += kBlock) {
         const int64_t m = std::min(kBlock, len - b), i = i0 + b;
         shifted(x + i, m, e, mu, a);
         if (kind == SmallForward::Random) {
-          for (int64_t j = 0; j < m; ++j) {
-            if (i + j >= nu_end) {
-              nu_begin = i + j;
-              nu_end = std::min(end, nu_begin + 16 * kBlock);
-              nu = random_noise<N, T>(nu_begin, nu_end, seed, stream);
-            }
-            a[j] += sigma * nu[i + j - nu_begin];
-          }
+          noise_block<N>(i, m, seed, stream, nu);
+          for (int64_t j = 0; j < m; ++j) a[j] += sigma * nu[j];
         }
         if (kind != SmallForward::Expectation) {
           hard_block(s, a, m, e, y + i);
@@ -136,8 +156,9 @@ void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, 
         }
         for (int64_t j = 0; j < m; ++j) acc[j] = s.q[0];
         for (int t = 0; t < s.K; ++t) {
-          const T th = s.theta[t], d = s.dq[t];
-          for (int64_t j = 0; j < m; ++j) acc[j] += d * L::cdf((a[j] - th) * inv_sigma);
+          noise_values<N, false>(a, m, s.theta[t], inv_sigma, f);
+          const T d = s.dq[t];
+          for (int64_t j = 0; j < m; ++j) acc[j] += d * f[j];
         }
         for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e * acc[j]);
       }
@@ -145,14 +166,13 @@ void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, 
   });
 }
 
-// grad_x = g * sum_t dq_t f_sigma(a - theta_t) on the small-grid path (uniform or triangular).
+// grad_x = g * sum_t dq_t f_sigma(a - theta_t) on the small-grid path.
 template <NoiseKind N, typename scalar_t, typename T>
 void small_backward(const SmallGrid<T>& s, const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t n,
                     const EpsLayout<T>& eps, T mu, T sigma) {
-  using L = Noise<N, T>;
   const T inv_sigma = T(1) / sigma;
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
-    T a[kBlock], d[kBlock];
+    T a[kBlock], d[kBlock], f[kBlock];
     for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
       for (int64_t b = 0; b < len; b += kBlock) {
         const int64_t m = std::min(kBlock, len - b), i = i0 + b;
@@ -164,7 +184,8 @@ void small_backward(const SmallGrid<T>& s, const scalar_t* g, const scalar_t* x,
             const T lo = th - sigma, hi = th + sigma, h = w * T(0.5);  // the box by its edges
             for (int64_t j = 0; j < m; ++j) d[j] += (a[j] >= lo && a[j] < hi) ? h : T(0);
           } else {
-            for (int64_t j = 0; j < m; ++j) d[j] += w * L::pdf((a[j] - th) * inv_sigma);
+            noise_values<N, true>(a, m, th, inv_sigma, f);
+            for (int64_t j = 0; j < m; ++j) d[j] += w * f[j];
           }
         }
         for (int64_t j = 0; j < m; ++j)
@@ -194,10 +215,13 @@ void small_code(const SmallGrid<T>& s, const scalar_t* x, uint8_t* code, int64_t
             hi[j] += a[j] >= above ? 1 : 0;
           }
         }
+        const bool on = sigma > T(0);
         for (int64_t j = 0; j < m; ++j) {
-          const bool any = sigma > T(0) && hi[j] > lo[j];
-          code[i + j] = a[j] != a[j] ? kNaNCode : static_cast<uint8_t>(any ? (lo[j] << 4 | hi[j]) : 0);
+          const int32_t c = (on && hi[j] > lo[j]) ? (lo[j] << 4 | hi[j]) : 0;
+          lo[j] = a[j] != a[j] ? int32_t(kNaNCode) : c;
         }
+        uint8_t* __restrict out = code + i;  // bytes alias everything: say these alias nothing
+        for (int64_t j = 0; j < m; ++j) out[j] = static_cast<uint8_t>(lo[j]);
       }
     });
   });
@@ -226,15 +250,14 @@ template <typename scalar_t, typename T>
 void small_alpha_blend(const SmallGrid<T>& s, const scalar_t* w, scalar_t* y, int64_t n, const EpsLayout<T>& eps,
                        T alpha) {
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
-    T a[kBlock];
-    int32_t idx[kBlock];
+    T a[kBlock], v[kBlock];
     for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
       for (int64_t b = 0; b < len; b += kBlock) {
         const int64_t m = std::min(kBlock, len - b), i = i0 + b;
         shifted(w + i, m, e, T(0), a);
-        levels_block(s, a, m, idx);
+        level_values(s, a, m, v);
         for (int64_t j = 0; j < m; ++j) {
-          const T q = a[j] != a[j] ? a[j] : alpha * e * s.q[idx[j]];
+          const T q = a[j] != a[j] ? a[j] : alpha * e * v[j];
           y[i + j] = static_cast<scalar_t>(alpha < T(1) ? q + (T(1) - alpha) * static_cast<T>(w[i + j]) : q);
         }
       }
@@ -242,4 +265,5 @@ void small_alpha_blend(const SmallGrid<T>& s, const scalar_t* w, scalar_t* y, in
   });
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace anacuda

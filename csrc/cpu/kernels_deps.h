@@ -1,0 +1,22 @@
+// Every header the CPU kernels use, included ahead of the instruction-set target in
+// isa_avx2.cpp so that what they define is compiled for the baseline in both builds (one
+// definition of each inline function, whichever the linker keeps). Only kernels_impl.h's own
+// files and ATen's vectorised types, which live in a namespace per instruction set, follow.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "../common/args.h"
+#include "../common/dispatch.h"
+#include "../common/functors.h"
+#include "../common/philox.h"
+#include "kernels.h"
