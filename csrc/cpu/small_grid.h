@@ -50,9 +50,16 @@ template <typename T, typename F> void for_each_eps_run(const EpsLayout<T>& eps,
   }
 }
 
-// a[j] = x[j] / e - mu for a block.
+// a[j] = x[j] / e - mu for a block. A power of two e (eps = 1 above all) multiplies by its
+// reciprocal instead: the same correctly rounded quotient, without a division per element.
 template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, int64_t n, T e, T mu, T* a) {
-  for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e - mu;
+  int exponent = 0;
+  if (std::frexp(e, &exponent) == T(0.5) && std::isfinite(T(1) / e)) {
+    const T r = T(1) / e;
+    for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) * r - mu;
+  } else {
+    for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e - mu;
+  }
 }
 
 // v[j] = Q(a[j]) = q[#{t: a[j] >= theta_t}] as a chain of selects (the thresholds are sorted),
