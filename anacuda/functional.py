@@ -59,6 +59,8 @@ def ana(
     without recompilation or synchronisation. eps broadcasts to x (e.g. shape (C, 1, 1)).
     """
     mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise)
+    if not isinstance(training, bool):  # 'False' from a config file would be truthy
+        raise TypeError(f"anacuda.ana: training must be a bool, got {type(training).__name__}")
     levels, thresholds = quantizer.tables(x.device, x.dtype)
     seed = None
     if strategy == "random" and training:

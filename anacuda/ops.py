@@ -14,25 +14,43 @@ def _fresh_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _check_devices(x: torch.Tensor, tables=(), **params) -> None:
+    """The kernels' device rules, in the fakes too: a real input with one argument on the meta
+    device would otherwise reach a fake and get uninitialised memory as its result."""
+    for t in tables:
+        if t.device != x.device:
+            raise RuntimeError(f"anacuda: levels and thresholds must be on the input's device {x.device}, "
+                               f"got {t.device}")
+    for name, t in params.items():
+        if t is not None and t.device != x.device and t.device.type != "cpu":
+            raise RuntimeError(f"anacuda: {name} is on {t.device} but the input is on {x.device}; "
+                               "hyper-parameters live on the host or on the input's device")
+
+
 # --- ana -------------------------------------------------------------------------------------
 @torch.library.register_fake("anacuda::ana")
 def _ana_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed,
               noise_b, mu_b, sigma_b):
+    _check_devices(x, (levels, thresholds), eps=eps, mu=mu, sigma=sigma, seed=seed, **{"backward mu": mu_b,
+                   "backward sigma": sigma_b})
     return _fresh_like(x)
 
 
 @torch.library.register_fake("anacuda::ana_backward")
 def _ana_backward_fake(grad, x, levels, thresholds, uniform_grid, eps, noise_b, mu_b, sigma_b):
+    _check_devices(x, (levels, thresholds, grad), eps=eps, **{"backward mu": mu_b, "backward sigma": sigma_b})
     return _fresh_like(x)
 
 
 @torch.library.register_fake("anacuda::ana_code")
 def _ana_code_fake(x, levels, thresholds, eps, mu_b, sigma_b):
+    _check_devices(x, (levels, thresholds), eps=eps, **{"backward mu": mu_b, "backward sigma": sigma_b})
     return torch.empty_like(x, dtype=torch.uint8, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("anacuda::ana_backward_code")
 def _ana_backward_code_fake(grad, code, levels, sigma_b):
+    _check_devices(grad, (levels, code), **{"backward sigma": sigma_b})
     return _fresh_like(grad)
 
 
@@ -72,6 +90,7 @@ torch.library.register_autograd("anacuda::ana", _ana_backward, setup_context=_an
 # --- alpha_blend ------------------------------------------------------------------------------
 @torch.library.register_fake("anacuda::alpha_blend")
 def _alpha_blend_fake(w, levels, thresholds, uniform_grid, eps, alpha):
+    _check_devices(w, (levels, thresholds), eps=eps, alpha=alpha)
     return _fresh_like(w)
 
 

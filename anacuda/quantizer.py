@@ -23,11 +23,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _as_vector(values, name: str) -> torch.Tensor:
+    if isinstance(values, (str, bytes)) or (isinstance(values, torch.Tensor) and values.is_complex()):
+        raise TypeError(f"anacuda.Quantizer: {name} must be a sequence of numbers, got {values!r}")
     if isinstance(values, torch.Tensor):
         t = values.detach().to(device="cpu", dtype=torch.float64)
     else:
         try:
-            t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+            items = list(values)
+            if any(isinstance(v, complex) for v in items):  # float() would drop the imaginary part
+                raise TypeError("complex")
+            t = torch.tensor([float(v) for v in items], dtype=torch.float64)
         except (TypeError, ValueError) as err:
             raise TypeError(f"anacuda.Quantizer: {name} must be a sequence of numbers, got {values!r}") from err
     if t.dim() != 1:
@@ -170,12 +175,25 @@ def check_strategy(name) -> str:
     return name
 
 
-def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True) -> torch.Tensor:
+def _check_value(v: float, name: str, minimum: str) -> None:
+    if not math.isfinite(v):
+        raise ValueError(f"anacuda: {name} must be finite, got {v}")
+    if minimum == "nonnegative" and v < 0:
+        raise ValueError(f"anacuda: {name} must be >= 0, got {v}")
+    if minimum == "positive" and v <= 0:
+        raise ValueError(f"anacuda: {name} must be > 0, got {v}")
+    if minimum == "unit" and not 0 <= v <= 1:
+        raise ValueError(f"anacuda: {name} must be in [0, 1], got {v}")
+
+
+def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True, stored: bool = False) -> torch.Tensor:
     """A hyper-parameter as a tensor the op takes.
 
     Python numbers are checked here and become float64 host tensors (no device copy). Tensors
     pass as they are (on the host or the input's device; the op checks host values, and a
-    device value is never read on the host, so it causes no synchronisation).
+    device value is never read on the host, so it causes no synchronisation). `stored`: the
+    value is kept for later calls (a layer's buffer), so a host tensor's values are checked
+    now rather than at the first forward.
     minimum: "any", "nonnegative", "positive" or "unit" (in [0, 1]).
     """
     if isinstance(value, torch.Tensor):
@@ -185,18 +203,14 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True)
             raise ValueError(f"anacuda: {name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
         if value.requires_grad:
             raise ValueError(f"anacuda: {name} takes no gradient in this op; pass {name}.detach()")
+        if stored and value.device.type == "cpu":
+            for v in value.detach().double().reshape(-1).unique().tolist():
+                _check_value(v, name, minimum)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"anacuda: {name} must be a number or a tensor, got {type(value).__name__}")
     v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"anacuda: {name} must be finite, got {v}")
-    if minimum == "nonnegative" and v < 0:
-        raise ValueError(f"anacuda: {name} must be >= 0, got {v}")
-    if minimum == "positive" and v <= 0:
-        raise ValueError(f"anacuda: {name} must be > 0, got {v}")
-    if minimum == "unit" and not 0 <= v <= 1:
-        raise ValueError(f"anacuda: {name} must be in [0, 1], got {v}")
+    _check_value(v, name, minimum)
     return torch.tensor(v, dtype=torch.float64)
 
 

@@ -18,6 +18,8 @@ def _reduce(x: torch.Tensor, dim: Optional[int], fn) -> torch.Tensor:
         raise TypeError("anacuda.scale: x must be a floating tensor")
     if x.numel() == 0:
         raise ValueError("anacuda.scale: x is empty; a scale needs at least one value")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise TypeError(f"anacuda.scale: dim must be an int or None, got {type(dim).__name__}")
     x = x.detach()
     if dim is None:
         return fn(x.reshape(-1), 0)
@@ -34,7 +36,13 @@ def _positive(eps: torch.Tensor) -> torch.Tensor:
     return eps.clamp(min=torch.finfo(eps.dtype).tiny)
 
 
+def _check_quantizer(quantizer) -> None:
+    if not isinstance(quantizer, Quantizer):
+        raise TypeError(f"anacuda.scale: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
+
+
 def _top(quantizer: Quantizer) -> float:
+    _check_quantizer(quantizer)
     lo, hi = quantizer.min_level, quantizer.max_level
     if lo < 0 < hi:
         return min(-lo, hi)
@@ -54,6 +62,7 @@ def min_max(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) ->
     """The smallest eps that clips neither max x (onto the highest level) nor min x (onto the
     lowest): max(max x / q_K, min x / q_0) over the levels of the right sign (activation
     calibration; for unsigned levels 0 … q_K it is max x / q_K)."""
+    _check_quantizer(quantizer)
     lo, hi = quantizer.min_level, quantizer.max_level
 
     def fn(t, d):

@@ -11,7 +11,7 @@ from ..quantizer import Noise, Param, Quantizer, as_param, check_noise_name, che
 
 def _buffer(value: Param, name: str, minimum: str) -> torch.Tensor:
     """A hyper-parameter as a float32 buffer value (checked once, here)."""
-    t = as_param(value, name, minimum)
+    t = as_param(value, name, minimum, stored=True)
     return t.detach().to(torch.float32).reshape(()).clone()
 
 
@@ -60,7 +60,7 @@ class ANAActivation(NoiseHyperParams):
                  mu: Param = 0.0, sigma: Param = 0.5, eps: Param = 1.0, backward_noise=None):
         super().__init__()
         self._setup_noise(quantizer, noise, strategy, mu, sigma, backward_noise)
-        eps_t = as_param(eps, "eps", "positive", scalar=False)
+        eps_t = as_param(eps, "eps", "positive", scalar=False, stored=True)
         self.register_buffer("eps", eps_t.detach().to(torch.float32).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

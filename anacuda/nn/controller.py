@@ -10,6 +10,7 @@ recompilation, no synchronisation beyond a tiny host-to-device copy), and have
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -85,6 +86,18 @@ def auto_groups(model: nn.Module) -> List[List[str]]:
     return groups
 
 
+def _check_model(model, who: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"anacuda.{who}: model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _number(value, name: str, who: str) -> float:
+    """A finite real number (a time or a start value), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"anacuda.{who}: {name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 class _Clock:
     """Time in the unit the user steps (epochs or iterations) and writing the values it implies
     into the layers (`_apply`)."""
@@ -126,6 +139,7 @@ class NoiseController(_Clock):
                  schedule: str = "bws", window: str = "overlapped", power: str = "homogeneous",
                  sigma0: Optional[float] = None, mu0: Optional[float] = None, anneal_mu: bool = True,
                  anneal_sigma: bool = True, ctrl_spec: Optional[list] = None):
+        _check_model(model, "NoiseController")
         self.model = model
         modules: Dict[str, NoiseHyperParams] = dict(quantised_modules(model, (NoiseHyperParams,)))
         if not modules:
@@ -135,13 +149,20 @@ class NoiseController(_Clock):
         if ctrl_spec is not None:
             self._from_ctrl_spec(ctrl_spec, modules)
             return
-        if not epochs > 0:
+        if not _number(epochs, "epochs", "NoiseController") > 0:
             raise ValueError(f"anacuda.NoiseController: epochs must be > 0, got {epochs}")
+        for name, v in (("sigma0", sigma0), ("mu0", mu0)):
+            if v is not None and not math.isfinite(_number(v, name, "NoiseController")):
+                raise ValueError(f"anacuda.NoiseController: {name} must be finite, got {v}")
+        if sigma0 is not None and sigma0 < 0:
+            raise ValueError(f"anacuda.NoiseController: sigma0 must be >= 0, got {sigma0}")
         if window not in WINDOWS:
             raise ValueError(f"anacuda.NoiseController: unknown window {window!r}; expected one of {WINDOWS}")
         if power not in POWERS:
             raise ValueError(f"anacuda.NoiseController: unknown power {power!r}; expected one of {POWERS}")
         groups = [list(g) for g in (groups if groups is not None else auto_groups(model))]
+        if not groups or any(not g for g in groups):
+            raise ValueError(f"anacuda.NoiseController: every group needs at least one layer, got {groups}")
         seen = [n for g in groups for n in g]
         missing = [n for n in seen if n not in modules]
         if missing:
@@ -173,6 +194,9 @@ class NoiseController(_Clock):
             raise ValueError(f"anacuda.NoiseController: unknown ctrl_spec fun {fun!r} (bws or uws)")
 
         for g in spec:
+            if not isinstance(g, dict) or not g.get("modules"):
+                raise ValueError("anacuda.NoiseController: each ctrl_spec entry is a dict with a non-empty 'modules' "
+                                 f"list (and 'mi' / 'sigma' decays), got {g!r}")
             names = list(g["modules"])
             missing = [n for n in names if n not in modules]
             if missing:
@@ -211,6 +235,10 @@ class AlphaController(_Clock):
     step): cubic, α = 1 − (1 − s)³ (Liu & Mattina), or linear, α = s, with s the progress."""
 
     def __init__(self, model: nn.Module, end: float = 1.0, *, start: float = 0.0, shape: str = "cubic"):
+        _check_model(model, "AlphaController")
+        for name, v in (("start", start), ("end", end)):
+            if not math.isfinite(_number(v, name, "AlphaController")):
+                raise ValueError(f"anacuda.AlphaController: {name} must be finite, got {v}")
         if shape not in ("cubic", "linear"):
             raise ValueError(f"anacuda.AlphaController: shape must be 'cubic' or 'linear', got {shape!r}")
         if not end > start:

@@ -86,6 +86,13 @@ def convert(
         quant = dict(quantizer=wq, alpha=alpha, eps=weight_eps)
         table = _BLEND
 
+    # Every argument is checked now, whatever the model holds: a model with nothing to convert
+    # must not hide a typo (the prototypes below are thrown away).
+    if activations:
+        ANAActivation(aq, noise, strategy, mu, sigma, activation_eps, backward_noise)
+    if weights:
+        (ANALinear if weights == "ana" else AlphaBlendLinear)(1, 1, **quant)
+
     def skipped(name: str, m: nn.Module) -> bool:
         return any((isinstance(s, type) and isinstance(m, s)) or
                    (isinstance(s, str) and (name == s or name.startswith(s + "."))) for s in skip)

@@ -95,6 +95,11 @@ def freeze(model: nn.Module) -> nn.Module:
     FrozenLinear / FrozenConv (integer codes + eps), ANAActivation becomes HardQuantizer. Its
     outputs equal the eval-mode outputs of `model`; it is in eval mode and exports with
     torch.export."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"anacuda.freeze: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation)) for m in model.modules()):
+        raise ValueError("anacuda.freeze: the model has no anacuda layers to freeze (convert it with anacuda.convert "
+                         "and train it first)")
     model = copy.deepcopy(model).eval()
     for name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):

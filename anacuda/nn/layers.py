@@ -36,7 +36,7 @@ class _WeightScale:
             self.register_buffer("eps", None)
         else:
             self.eps_mode = None
-            self.register_buffer("eps", as_param(eps, "eps", "positive", scalar=False).detach().float().clone())
+            self.register_buffer("eps", as_param(eps, "eps", "positive", scalar=False, stored=True).detach().float().clone())
 
     def weight_eps(self) -> torch.Tensor:
         if self.eps_mode is None:
@@ -89,7 +89,7 @@ class AlphaBlendWeight(_WeightScale):
         if not isinstance(quantizer, Quantizer):
             raise TypeError(f"anacuda.nn: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
         self.quantizer = quantizer
-        self.register_buffer("alpha", as_param(alpha, "alpha", "unit").detach().float().reshape(()).clone())
+        self.register_buffer("alpha", as_param(alpha, "alpha", "unit", stored=True).detach().float().reshape(()).clone())
         self._setup_eps(eps)
 
     def quantized_weight(self) -> torch.Tensor:

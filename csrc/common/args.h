@@ -107,12 +107,21 @@ Scalar<T> scalar_arg(const at::Tensor& t, const at::Device& dev, const char* nam
   Scalar<T> s;
   if (auto v = check_scalar(t, dev, name, range)) {
     s.value = static_cast<T>(*v);
+    TORCH_CHECK(std::isfinite(s.value), "anacuda: ", name, " = ", *v, " overflows ",
+                c10::CppTypeToScalarType<T>::value, ", the compute type of this input");
   } else {
     at::Tensor c = t.to(c10::CppTypeToScalarType<T>::value).reshape({1});
     keep.push_back(c);
     s.ptr = c.const_data_ptr<T>();
   }
   return s;
+}
+
+// The forward noise, checked ahead of the backward one (which defaults to it), so that an error
+// names the argument the user gave.
+inline void check_forward_noise(const at::Tensor& mu, const at::Tensor& sigma, const at::Device& dev) {
+  check_scalar(mu, dev, "mu", Range::Any);
+  check_scalar(sigma, dev, "sigma", Range::NonNegative);
 }
 
 // The backward noise rides along the forward op (for autograd); check it there too, so a bad
@@ -146,6 +155,8 @@ EpsLayout<T> eps_arg(const at::Tensor& eps, const at::Tensor& x, std::vector<at:
       const double v = eps.item<double>();
       TORCH_CHECK(std::isfinite(v) && v > 0, "anacuda: eps must be finite and > 0, got ", v);
       e.value = static_cast<T>(v);
+      TORCH_CHECK(std::isfinite(e.value) && e.value > 0, "anacuda: eps = ", v, " is out of the range of ",
+                  c10::CppTypeToScalarType<T>::value, ", the compute type of this input");
     } else {
       at::Tensor c = eps.to(c10::CppTypeToScalarType<T>::value).reshape({1});
       keep.push_back(c);
@@ -156,8 +167,9 @@ EpsLayout<T> eps_arg(const at::Tensor& eps, const at::Tensor& x, std::vector<at:
   TORCH_CHECK(eps.device() == x.device(), "anacuda: an eps of more than one value must be on the input's device ",
               x.device(), ", got ", eps.device());
   if (eps.device().is_cpu()) {
-    TORCH_CHECK(eps.gt(0).logical_and(eps.isfinite()).all().item<bool>(),
-                "anacuda: every eps must be finite and > 0");
+    const at::Tensor et = eps.to(c10::CppTypeToScalarType<T>::value);  // checked in the compute type
+    TORCH_CHECK(et.gt(0).logical_and(et.isfinite()).all().item<bool>(),
+                "anacuda: every eps must be finite and > 0 (in ", et.scalar_type(), ", the compute type)");
   }
   // Dimensions of x (right-aligned with eps) along which eps varies.
   int64_t first = -1, last = -1;

@@ -17,6 +17,7 @@ at::Tensor ana_cuda(const at::Tensor& x_, const at::Tensor& levels, const at::Te
   check_input(x_, "input");
   const NoiseKind nk = parse_noise(noise);
   const Strategy st = parse_strategy(strategy);
+  check_forward_noise(mu, sigma, x_.device());
   check_backward_noise(noise_b, mu_b, sigma_b, x_.device());
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = aligned_contiguous(x_);
