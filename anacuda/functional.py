@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from . import ops  # noqa: F401  (registers fakes and autograd)
+from . import ops  # registers fakes and autograd
 from .quantizer import Noise, Param, Quantizer, as_param, check_noise_name, check_strategy
 
 
@@ -66,10 +66,12 @@ def ana(
     if strategy == "random" and training:
         # (seed, stream) from torch's generator for x's device: torch.manual_seed reproduces it.
         seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=x.device, generator=generator)
-    return torch.ops.anacuda.ana(
-        x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, bool(training), seed,
-        back.name, back.mu, back.sigma,
-    )
+    args = (x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, training, seed,
+            back.name, back.mu, back.sigma)
+    if x.requires_grad and torch.is_grad_enabled() and back.name == "uniform" and \
+            thresholds.numel() <= ops.CODE_MAX_THRESHOLDS:
+        return torch.ops.anacuda.ana_coded(*args)[0]  # the backward's 1-byte code from the same pass
+    return torch.ops.anacuda.ana(*args)
 
 
 def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param = 1.0) -> torch.Tensor:

@@ -87,6 +87,31 @@ def _ana_backward(ctx, grad):
 torch.library.register_autograd("anacuda::ana", _ana_backward, setup_context=_ana_setup_context)
 
 
+# --- ana_coded: the forward and the backward's code in one pass ---------------------------------
+@torch.library.register_fake("anacuda::ana_coded")
+def _ana_coded_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed,
+                    noise_b, mu_b, sigma_b):
+    y = _ana_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed, noise_b, mu_b,
+                  sigma_b)
+    return y, torch.empty_like(x, dtype=torch.uint8, memory_format=torch.contiguous_format)
+
+
+def _ana_coded_setup_context(ctx, inputs, output):
+    levels, sigma_b = inputs[1], inputs[13]
+    ctx.save_for_backward(output[1], levels, sigma_b)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _ana_coded_backward(ctx, grad, _grad_code):
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 14
+    code, levels, sigma_b = ctx.saved_tensors
+    return (torch.ops.anacuda.ana_backward_code(grad, code, levels, sigma_b),) + (None,) * 13
+
+
+torch.library.register_autograd("anacuda::ana_coded", _ana_coded_backward, setup_context=_ana_coded_setup_context)
+
+
 # --- alpha_blend ------------------------------------------------------------------------------
 @torch.library.register_fake("anacuda::alpha_blend")
 def _alpha_blend_fake(w, levels, thresholds, uniform_grid, eps, alpha):

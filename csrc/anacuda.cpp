@@ -25,6 +25,12 @@ TORCH_LIBRARY(anacuda, m) {
   m.def(
       "ana_code(Tensor x, Tensor levels, Tensor thresholds, Tensor eps, Tensor mu_b, Tensor sigma_b) -> Tensor");
   m.def("ana_backward_code(Tensor grad, Tensor code, Tensor levels, Tensor sigma_b) -> Tensor");
+  // ana and ana_code in one pass over x, (y, code): the forward autograd runs when x needs a
+  // gradient and the backward noise is uniform on K <= 15 thresholds (anacuda/functional.py).
+  m.def(
+      "ana_coded(Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, Tensor eps, "
+      "str noise, Tensor mu, Tensor sigma, str strategy, bool training, Tensor? seed, "
+      "str noise_b, Tensor mu_b, Tensor sigma_b) -> (Tensor, Tensor)");
 
   // --- Alpha-blending (SPEC §6) ---------------------------------------------------------
   // y = alpha * eps * Q(w / eps) + (1 - alpha) * w; alpha a one-element tensor in [0, 1].

@@ -545,12 +545,40 @@ def test_opcheck(device, strategy, contiguous):
             for noise_b in ["normal", "uniform"]:
                 args = _op_args(x, q, "normal", 0.1, 0.5, strategy, training, eps, seed, noise_b)
                 torch.library.opcheck(torch.ops.anacuda.ana.default, args)
+            # the forward and the code in one pass (what functional.ana runs when x needs a gradient)
+            args = _op_args(x, q, "uniform", 0.1, 0.5, strategy, training, eps, seed)
+            torch.library.opcheck(torch.ops.anacuda.ana_coded.default, args)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(device)
     g = g if contiguous else g.t().contiguous().t()
     lv, th = q.tables(x.device, x.dtype)
     f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     bargs = (g, x.detach(), lv, th, q.uniform_grid, f64(0.75), "logistic", f64(0.1), f64(0.5))
     torch.library.opcheck(torch.ops.anacuda.ana_backward.default, bargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_ana_coded_is_ana_and_ana_code(device, dtype):
+    """The fused op returns what its two halves return, bit for bit, on every path: small grids
+    (hard, expectation, random; mu_b equal to mu or not), the per-element walk (K = 15 with a
+    wide triangular mode), NaN and infinities, scalar and per-channel eps."""
+    gen = torch.Generator().manual_seed(11)
+    x = (torch.randn(7, 300, generator=gen) * 3)
+    x[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    x = x.to(device=device, dtype=dtype)
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    for qn, noise, strategy, mu_b in [("ternary", "uniform", "mode", 0.0), ("uniform4", "uniform", "mode", 0.2),
+                                      ("uniform4", "triangular", "mode", 0.0), ("uniform4", "normal", "expectation", 0.0),
+                                      ("ternary", "logistic", "random", 0.1), ("arbitrary", "uniform", "expectation", 0.0)]:
+        q = QUANTIZERS[qn]
+        lv, th = q.tables(x.device, x.dtype)
+        for eps in [f64(0.75), torch.rand(7, 1, generator=gen).to(device) + 0.5]:
+            seed = torch.tensor([5, 6]) if strategy == "random" else None
+            args = (x, lv, th, q.uniform_grid, eps, noise, f64(0.0), f64(0.6), strategy, True, seed, "uniform",
+                    f64(mu_b), f64(0.5))
+            y, code = torch.ops.anacuda.ana_coded(*args)
+            assert_equal(y, torch.ops.anacuda.ana(*args))
+            assert torch.equal(code, torch.ops.anacuda.ana_code(x, lv, th, eps, f64(mu_b), f64(0.5)))
 
 
 def test_functional_calls_the_op_with_these_arguments():

@@ -62,6 +62,14 @@ template <NoiseKind N, typename T> struct AnaBackward {
 constexpr int kCodeMaxK = 15;
 constexpr uint8_t kNaNCode = 0xF0;
 
+// ana_coded: the code describes a uniform backward noise on at most kCodeMaxK thresholds.
+inline void check_coded(c10::string_view noise_b, const at::Tensor& thresholds) {
+  TORCH_CHECK(parse_noise(noise_b) == NoiseKind::Uniform, "anacuda: ana_coded needs a uniform backward noise, got '",
+              noise_b, "' (call ana)");
+  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
+              " thresholds, got ", thresholds.numel());
+}
+
 template <typename T> struct UniformBoxCode {
   static constexpr bool kRandom = false;
   AnaParams<T> p;

@@ -58,6 +58,25 @@ at::Tensor ana_backward_code_cpu(const at::Tensor& grad_, const at::Tensor& code
   return gx;
 }
 
+std::tuple<at::Tensor, at::Tensor> ana_coded_cpu(const at::Tensor& x_, const at::Tensor& levels,
+                                                 const at::Tensor& thresholds, bool uniform_grid, const at::Tensor& eps,
+                                                 c10::string_view noise, const at::Tensor& mu, const at::Tensor& sigma,
+                                                 c10::string_view strategy, bool training,
+                                                 const std::optional<at::Tensor>& seed, c10::string_view noise_b,
+                                                 const at::Tensor& mu_b, const at::Tensor& sigma_b) {
+  check_input(x_, "input");
+  const NoiseKind nk = parse_noise(noise);
+  const Strategy st = parse_strategy(strategy);
+  check_forward_noise(mu, sigma, x_.device());
+  check_backward_noise(noise_b, mu_b, sigma_b, x_.device());
+  check_coded(noise_b, thresholds);
+  const at::Tensor x = x_.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options()), code = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  cpu_kernels().ana_coded(x, y, code, levels, thresholds, uniform_grid, eps, nk, mu, sigma, st, training, seed, mu_b,
+                          sigma_b);
+  return {y, code};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(anacuda, CPU, m) {
@@ -65,6 +84,7 @@ TORCH_LIBRARY_IMPL(anacuda, CPU, m) {
   m.impl("ana_backward", &ana_backward_cpu);
   m.impl("ana_code", &ana_code_cpu);
   m.impl("ana_backward_code", &ana_backward_code_cpu);
+  m.impl("ana_coded", &ana_coded_cpu);
 }
 
 }  // namespace anacuda

@@ -31,6 +31,10 @@ struct CpuKernels {
                    const at::Tensor& eps, const at::Tensor& mu_b, const at::Tensor& sigma_b);
   void (*ana_backward_code)(const at::Tensor& grad, const at::Tensor& code, at::Tensor& gx,
                             const at::Tensor& levels, const at::Tensor& sigma_b);
+  void (*ana_coded)(const at::Tensor& x, at::Tensor& y, at::Tensor& code, const at::Tensor& levels,
+                    const at::Tensor& thresholds, bool uniform_grid, const at::Tensor& eps, NoiseKind noise,
+                    const at::Tensor& mu, const at::Tensor& sigma, Strategy strategy, bool training,
+                    const std::optional<at::Tensor>& seed, const at::Tensor& mu_b, const at::Tensor& sigma_b);
   void (*alpha_blend)(const at::Tensor& w, at::Tensor& y, const at::Tensor& levels, const at::Tensor& thresholds,
                       bool uniform_grid, const at::Tensor& eps, const at::Tensor& alpha);
 };

@@ -20,6 +20,18 @@
 namespace anacuda {
 namespace CPU_CAPABILITY {
 
+// The small-grid forward that computes this configuration, if any (mode with a smooth noise, or
+// one wider than half a gap, needs the per-element walk of common/stair.h).
+template <typename T>
+std::optional<SmallForward> small_kind(const SmallGrid<T>& sg, NoiseKind nk, Strategy st, bool training, T sigma) {
+  const bool compact = nk == NoiseKind::Uniform || nk == NoiseKind::Triangular;
+  if (!(training && sigma > T(0)) || (st == Strategy::Mode && compact && T(2) * sigma <= sg.min_gap))
+    return SmallForward::Hard;
+  if (st == Strategy::Expectation) return SmallForward::Expectation;
+  if (st == Strategy::Random) return SmallForward::Random;
+  return std::nullopt;
+}
+
 void ana(const at::Tensor& x, at::Tensor& y, const at::Tensor& levels, const at::Tensor& thresholds,
          bool uniform_grid, const at::Tensor& eps, NoiseKind nk, const at::Tensor& mu, const at::Tensor& sigma,
          Strategy st, bool training, const std::optional<at::Tensor>& seed) {
@@ -34,11 +46,7 @@ void ana(const at::Tensor& x, at::Tensor& y, const at::Tensor& levels, const at:
     const bool smooth = training && sigma_v > T(0), compact = nk == NoiseKind::Uniform || nk == NoiseKind::Triangular;
     SmallGrid<T> sg;
     if (make_small_grid(args.grid, sg)) {
-      std::optional<SmallForward> kind;
-      if (!smooth || (st == Strategy::Mode && compact && T(2) * sigma_v <= sg.min_gap)) kind = SmallForward::Hard;
-      else if (st == Strategy::Expectation) kind = SmallForward::Expectation;
-      else if (st == Strategy::Random) kind = SmallForward::Random;
-      if (kind) {
+      if (const auto kind = small_kind(sg, nk, st, training, sigma_v)) {
         dispatch_noise(nk, [&](auto n_tag) {
           small_forward<decltype(n_tag)::value>(sg, *kind, xp, yp, x.numel(), args.eps, args.mu.value, sigma_v,
                                                 static_cast<uint64_t>(args.seed.value),
@@ -137,6 +145,37 @@ void ana_backward_code(const at::Tensor& g, const at::Tensor& code, at::Tensor& 
   });
 }
 
+void ana_coded(const at::Tensor& x, at::Tensor& y, at::Tensor& code, const at::Tensor& levels,
+               const at::Tensor& thresholds, bool uniform_grid, const at::Tensor& eps, NoiseKind nk,
+               const at::Tensor& mu, const at::Tensor& sigma, Strategy st, bool training,
+               const std::optional<at::Tensor>& seed, const at::Tensor& mu_b, const at::Tensor& sigma_b) {
+  bool fused = false;
+  ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::ana_coded", [&] {
+    using T = at::opmath_type<scalar_t>;
+    auto args = make_args<T>(x, levels, thresholds, uniform_grid, eps, mu, sigma, "mu", "sigma");
+    if (st == Strategy::Random && training) seed_arg(args, seed, x.device());
+    CodeOut<T> out;
+    out.ptr = code.mutable_data_ptr<uint8_t>();
+    out.mu = scalar_arg<T>(mu_b, x.device(), "backward mu", Range::Any, args.keep).value;
+    out.sigma = scalar_arg<T>(sigma_b, x.device(), "backward sigma", Range::NonNegative, args.keep).value;
+    SmallGrid<T> sg;
+    if (x.numel() == 0 || !make_small_grid(args.grid, sg)) return;
+    if (const auto kind = small_kind(sg, nk, st, training, args.sigma.value)) {
+      dispatch_noise(nk, [&](auto n_tag) {
+        small_forward<decltype(n_tag)::value>(sg, *kind, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                                              x.numel(), args.eps, args.mu.value, args.sigma.value,
+                                              static_cast<uint64_t>(args.seed.value),
+                                              static_cast<uint64_t>(args.stream.value), out);
+      });
+      fused = true;
+    }
+  });
+  if (!fused) {  // two passes
+    ana(x, y, levels, thresholds, uniform_grid, eps, nk, mu, sigma, st, training, seed);
+    ana_code(x, code, levels, thresholds, eps, mu_b, sigma_b);
+  }
+}
+
 void alpha_blend(const at::Tensor& w, at::Tensor& y, const at::Tensor& levels, const at::Tensor& thresholds,
                  bool uniform_grid, const at::Tensor& eps, const at::Tensor& alpha) {
   ANACUDA_DISPATCH_FLOATING(w.scalar_type(), "anacuda::alpha_blend", [&] {
@@ -156,7 +195,7 @@ void alpha_blend(const at::Tensor& w, at::Tensor& y, const at::Tensor& levels, c
 }
 
 extern const CpuKernels kernels = {
-    C10_STRINGIZE(CPU_CAPABILITY), &ana, &ana_backward, &ana_code, &ana_backward_code, &alpha_blend,
+    C10_STRINGIZE(CPU_CAPABILITY), &ana, &ana_backward, &ana_code, &ana_backward_code, &ana_coded, &alpha_blend,
 };
 
 }  // namespace CPU_CAPABILITY

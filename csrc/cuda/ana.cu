@@ -100,6 +100,19 @@ at::Tensor ana_backward_code_cuda(const at::Tensor& grad_, const at::Tensor& cod
   return gx;
 }
 
+// The two kernels one after the other (a fused kernel is future work: it needs a GPU to measure).
+std::tuple<at::Tensor, at::Tensor> ana_coded_cuda(const at::Tensor& x, const at::Tensor& levels,
+                                                  const at::Tensor& thresholds, bool uniform_grid, const at::Tensor& eps,
+                                                  c10::string_view noise, const at::Tensor& mu, const at::Tensor& sigma,
+                                                  c10::string_view strategy, bool training,
+                                                  const std::optional<at::Tensor>& seed, c10::string_view noise_b,
+                                                  const at::Tensor& mu_b, const at::Tensor& sigma_b) {
+  check_coded(noise_b, thresholds);
+  at::Tensor y = ana_cuda(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed, noise_b,
+                          mu_b, sigma_b);
+  return {y, ana_code_cuda(x, levels, thresholds, eps, mu_b, sigma_b)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(anacuda, CUDA, m) {
@@ -107,6 +120,7 @@ TORCH_LIBRARY_IMPL(anacuda, CUDA, m) {
   m.impl("ana_backward", &ana_backward_cuda);
   m.impl("ana_code", &ana_code_cuda);
   m.impl("ana_backward_code", &ana_backward_code_cuda);
+  m.impl("ana_coded", &ana_coded_cuda);
 }
 
 }  // namespace anacuda
