@@ -101,6 +101,14 @@ template <typename T> struct UniformBoxCode {
   }
 };
 
+// The codes UniformBoxCode writes: 0 (no box), kNaNCode, or lo << 4 | hi with lo < hi <= K.
+// Any other byte (only a direct call of ana_backward_code can pass one) gets a NaN gradient:
+// rejecting it would cost a reduction over the codes, on a GPU a synchronisation.
+C10_HOST_DEVICE inline bool valid_code(uint8_t code, int K) {
+  const int lo = code >> 4, hi = code & 15;
+  return code == 0 || code == kNaNCode || (lo < hi && hi <= K);
+}
+
 // grad_x from the code: the same sum, in the same order, as stair_derivative.
 template <typename T> struct UniformBoxCodeBackward {
   const T* q;
@@ -110,11 +118,11 @@ template <typename T> struct UniformBoxCodeBackward {
 
   C10_HOST_DEVICE inline void init() { sigma = sigma_arg.get(); }
   C10_HOST_DEVICE inline T operator()(int64_t, T g, uint8_t code) const {
-    if (code == kNaNCode || !(sigma < std::numeric_limits<T>::infinity())) return quiet_nan<T>();
+    if (!valid_code(code, K) || code == kNaNCode || !(sigma < std::numeric_limits<T>::infinity()))
+      return quiet_nan<T>();
     if (!(sigma > T(0))) return g * T(0);
     T d = T(0);
-    const int hi = (code & 15) < K ? (code & 15) : K;  // a code from elsewhere never reads past the levels
-    for (int t = code >> 4; t < hi; ++t) d += (q[t + 1] - q[t]) * T(0.5);
+    for (int t = code >> 4; t < (code & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
     return g * (d * (T(1) / sigma));
   }
 };

@@ -261,12 +261,14 @@ void small_backward_code(const T* q, int K, const scalar_t* g, const uint8_t* co
                          T sigma) {
   T table[256];
   for (int c = 0; c < 256; ++c) {
+    if (!valid_code(static_cast<uint8_t>(c), K) || c == kNaNCode) {  // and no read past the levels
+      table[c] = std::numeric_limits<T>::quiet_NaN();
+      continue;
+    }
     T d = T(0);
-    const int hi = (c & 15) < K ? (c & 15) : K;
-    for (int t = c >> 4; t < hi; ++t) d += (q[t + 1] - q[t]) * T(0.5);
+    for (int t = c >> 4; t < (c & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
     table[c] = d * (T(1) / sigma);
   }
-  table[kNaNCode] = std::numeric_limits<T>::quiet_NaN();
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
     int64_t i = begin;
 #if defined(CPU_CAPABILITY_AVX2)
