@@ -295,10 +295,12 @@ def gradient_tolerance(x, eps64, q, back, upstream):
     # uniform (its box is tested by exact comparisons of a with θ ± σ). The reference's logistic
     # density F(1 − F) cancels where F is near 1 (v > 0): there its error is u absolute, not
     # relative (the kernel's e^{-|v|}/(1 + e^{-|v|})^2 is the accurate one).
-    term = {"uniform": f, "triangular": f + 2 * v.abs() * (v.abs() <= 1), "normal": f * (1 + 2 * v * v),
+    # The triangular's |f'| = 1 holds wherever the kernel's v, within a few ulp of this one, can
+    # still fall inside the support: an a whose exact v is a hair past 1 gets a density of an ulp.
+    u = torch.finfo(acc).eps / 2
+    term = {"uniform": f, "triangular": f + 2 * v.abs() * (v.abs() <= 1 + 4 * u), "normal": f * (1 + 2 * v * v),
             "logistic": f * (1 + 2 * v.abs()) + (v > 0)}[name]
     M = (dq * term).sum(-1) / sig
-    u = torch.finfo(acc).eps / 2
     radius = {"uniform": 1.0, "triangular": 1.0, "normal": 6.0 if acc == torch.float32 else 9.0,
               "logistic": 20.0 if acc == torch.float32 else 40.0}[name]
     cut = _pdf64(name, torch.tensor(radius, dtype=torch.float64)).item() * dq.sum().item() / sig

@@ -581,6 +581,27 @@ def test_gradients_finite_for_finite_inputs(device, dtype):
                         assert torch.isfinite(g).all(), msg + " (gradient)"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_subnormal_sigma_is_not_nan(device):
+    """A sigma so small that 1 / sigma overflows float32 (a subnormal, as an annealed sigma can
+    reach): the standardised distance 0 / sigma stays 0 (the kernels divide there instead of
+    multiplying by inf), so outputs and gradients are the reference's, with no NaN: a half step
+    and an infinite density on a threshold, zero elsewhere."""
+    x = torch.tensor([0.5, -0.5, 0.3, 1.5, 0.0], device=device)
+    for noise in NOISES:
+        for strategy in ["expectation", "mode"]:
+            for sigma in [1e-40, 1e-44]:
+                got, want = [], []
+                for fn, out in [(F.ana, got), (anacuda.reference.ana, want)]:
+                    xr = x.clone().requires_grad_(True)
+                    y = fn(xr, Q.ternary(), noise, 0.0, sigma, strategy)
+                    (g,) = torch.autograd.grad(y, xr, torch.ones_like(y))
+                    out += [y, g]
+                for a, b in zip(got, want):
+                    assert not a.isnan().any(), (noise, strategy, sigma, a)
+                    assert_equal(a, b)
+
+
 # --- undefined behaviour that only the sanitizers see -----------------------------------------------------
 def run_probe(code: str, tmp_path) -> tuple[int, str]:
     """Runs `code` in a fresh interpreter with this one's environment (under scripts/sanitize.sh:

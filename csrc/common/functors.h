@@ -123,7 +123,7 @@ template <typename T> struct UniformBoxCodeBackward {
     if (!(sigma > T(0))) return g * T(0);
     T d = T(0);
     for (int t = code >> 4; t < (code & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
-    return g * (d * (T(1) / sigma));
+    return g * Standardize<T>(sigma)(d);
   }
 };
 

@@ -15,6 +15,7 @@
 #include <c10/macros/Macros.h>
 #include <cstdint>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #if !defined(__CUDA_ARCH__)
@@ -51,6 +52,17 @@ template <typename T> C10_HOST_DEVICE inline T erfinv_(T x) {
 }  // namespace detail
 
 template <NoiseKind N, typename T> struct Noise;
+
+// z / sigma, the standardised distance: a multiply by 1 / sigma (computed once) while that is
+// finite, else the division itself (a subnormal sigma in float), so that 0 / sigma stays 0
+// instead of 0 * inf = NaN.
+template <typename T> struct Standardize {
+  T sigma, inv;
+  C10_HOST_DEVICE inline explicit Standardize(T s) : sigma(s), inv(T(1) / s) {}
+  C10_HOST_DEVICE inline T operator()(T z) const {
+    return inv < std::numeric_limits<T>::infinity() ? z * inv : z / sigma;
+  }
+};
 
 template <typename T> struct Noise<NoiseKind::Uniform, T> {
   static C10_HOST_DEVICE inline T cdf(T v) {

@@ -64,11 +64,12 @@ template <NoiseKind N, typename T>
 C10_HOST_DEVICE inline T smooth_stair(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
   using L = Noise<N, T>;
-  const T R = L::radius() * sigma, inv_sigma = T(1) / sigma;
+  const T R = L::radius() * sigma;
+  const Standardize<T> z(sigma);
   int64_t lo, hi;
   window(g, a, R, lo, hi);
   T y = g.q[lo];
-  for (int64_t t = lo; t < hi; ++t) y += (g.q[t + 1] - g.q[t]) * L::cdf((a - g.theta[t]) * inv_sigma);
+  for (int64_t t = lo; t < hi; ++t) y += (g.q[t + 1] - g.q[t]) * L::cdf(z(a - g.theta[t]));
   return y;
 }
 
@@ -82,7 +83,8 @@ template <NoiseKind N, typename T>
 C10_HOST_DEVICE inline T mode_stair(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
   using L = Noise<N, T>;
-  const T R = L::radius() * sigma, inv_sigma = T(1) / sigma;
+  const T R = L::radius() * sigma;
+  const Standardize<T> standardize(sigma);
   const T inf = std::numeric_limits<T>::infinity();
   int64_t lo, hi;
   window(g, a, R, lo, hi);
@@ -90,7 +92,7 @@ C10_HOST_DEVICE inline T mode_stair(const Grid<T>& g, T a, T sigma) {
   T best_p = T(-1);
   int64_t best = lo;
   for (int64_t k = lo; k <= hi; ++k) {
-    const T z = k < hi ? (a - g.theta[k]) * inv_sigma : -inf;
+    const T z = k < hi ? standardize(a - g.theta[k]) : -inf;
     T pk;
     if (z >= T(0)) pk = L::cdf(-z) - L::cdf(-z_prev);       // both on: upper tails
     else if (z_prev < T(0)) pk = L::cdf(z_prev) - L::cdf(z);  // both off: lower tails
@@ -121,7 +123,8 @@ C10_HOST_DEVICE inline T stair_derivative(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
   if (!(sigma > T(0))) return T(0);
   using L = Noise<N, T>;
-  const T R = L::radius() * sigma, inv_sigma = T(1) / sigma;
+  const T R = L::radius() * sigma;
+  const Standardize<T> z(sigma);
   int64_t lo, hi;
   window(g, a, R, lo, hi);
   T d = T(0);
@@ -129,10 +132,10 @@ C10_HOST_DEVICE inline T stair_derivative(const Grid<T>& g, T a, T sigma) {
     if constexpr (N == NoiseKind::Uniform) {
       if (a >= g.theta[t] - sigma && a < g.theta[t] + sigma) d += (g.q[t + 1] - g.q[t]) * T(0.5);
     } else {
-      d += (g.q[t + 1] - g.q[t]) * L::pdf((a - g.theta[t]) * inv_sigma);
+      d += (g.q[t + 1] - g.q[t]) * L::pdf(z(a - g.theta[t]));
     }
   }
-  return d * inv_sigma;
+  return z(d);
 }
 
 // ANA forward of one element (SPEC §4), u = x / eps. `smooth` is training && sigma > 0;

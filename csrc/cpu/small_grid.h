@@ -166,8 +166,9 @@ void small_code(const SmallGrid<T>& s, const scalar_t* x, uint8_t* code, int64_t
 
 // f[j] = F(v) (or the density f(v) when kDensity) at v = (a[j] - theta) / sigma: the compact
 // laws in loops the compiler vectorises, the smooth ones with SIMD exp and erfc.
-template <NoiseKind N, bool kDensity, typename T> inline void noise_values(const T* a, int64_t m, T theta, T inv_sigma, T* f) {
-  for (int64_t j = 0; j < m; ++j) f[j] = (a[j] - theta) * inv_sigma;
+template <NoiseKind N, bool kDensity, typename T>
+inline void noise_values(const T* a, int64_t m, T theta, const Standardize<T>& z, T* f) {
+  for (int64_t j = 0; j < m; ++j) f[j] = z(a[j] - theta);
   if constexpr (N == NoiseKind::Normal || N == NoiseKind::Logistic) {
     if constexpr (kDensity) map_vec(f, m, [](auto v) { return VecNoise<N, T>::pdf(v); });
     else map_vec(f, m, [](auto v) { return VecNoise<N, T>::cdf(v); });
@@ -190,7 +191,7 @@ template <NoiseKind N, typename scalar_t, typename T>
 void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, scalar_t* y, int64_t n,
                    const EpsLayout<T>& eps, T mu, T sigma, uint64_t seed, uint64_t stream,
                    CodeOut<T> code = {}) {
-  const T inv_sigma = T(1) / sigma;
+  const Standardize<T> z(sigma);
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], acc[kBlock], nu[kBlock], f[kBlock];
     for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
@@ -215,7 +216,7 @@ void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, 
         }
         for (int64_t j = 0; j < m; ++j) acc[j] = s.q[0];
         for (int t = 0; t < s.K; ++t) {
-          noise_values<N, false>(a, m, s.theta[t], inv_sigma, f);
+          noise_values<N, false>(a, m, s.theta[t], z, f);
           const T d = s.dq[t];
           for (int64_t j = 0; j < m; ++j) acc[j] += d * f[j];
         }
@@ -229,7 +230,7 @@ void small_forward(const SmallGrid<T>& s, SmallForward kind, const scalar_t* x, 
 template <NoiseKind N, typename scalar_t, typename T>
 void small_backward(const SmallGrid<T>& s, const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t n,
                     const EpsLayout<T>& eps, T mu, T sigma) {
-  const T inv_sigma = T(1) / sigma;
+  const Standardize<T> z(sigma);
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], d[kBlock], f[kBlock];
     for_each_eps_run(eps, begin, end, [&](int64_t i0, int64_t len, T e) {
@@ -243,12 +244,12 @@ void small_backward(const SmallGrid<T>& s, const scalar_t* g, const scalar_t* x,
             const T lo = th - sigma, hi = th + sigma, h = w * T(0.5);  // the box by its edges
             for (int64_t j = 0; j < m; ++j) d[j] += (a[j] >= lo && a[j] < hi) ? h : T(0);
           } else {
-            noise_values<N, true>(a, m, th, inv_sigma, f);
+            noise_values<N, true>(a, m, th, z, f);
             for (int64_t j = 0; j < m; ++j) d[j] += w * f[j];
           }
         }
         for (int64_t j = 0; j < m; ++j)
-          gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * (d[j] * inv_sigma));
+          gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * z(d[j]));
       }
     });
   });
@@ -267,7 +268,7 @@ void small_backward_code(const T* q, int K, const scalar_t* g, const uint8_t* co
     }
     T d = T(0);
     for (int t = c >> 4; t < (c & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
-    table[c] = d * (T(1) / sigma);
+    table[c] = Standardize<T>(sigma)(d);
   }
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
     int64_t i = begin;

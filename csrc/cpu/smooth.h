@@ -22,7 +22,8 @@ void smooth_window(const Grid<T>& grid_, const scalar_t* x, const scalar_t* grad
   Grid<T> g = grid_;
   init_grid(g);
   const bool backward = grad != nullptr;
-  const T R = Noise<N, T>::radius() * sigma, inv_sigma = T(1) / sigma;
+  const T R = Noise<N, T>::radius() * sigma;
+  const Standardize<T> z(sigma);
   at::parallel_for(0, n, kSmallGrain, [&](int64_t begin, int64_t end) {
     T a[kSmoothBlock];
     int64_t lo[kSmoothBlock], hi[kSmoothBlock];
@@ -40,7 +41,7 @@ void smooth_window(const Grid<T>& grid_, const scalar_t* x, const scalar_t* grad
         if (static_cast<int64_t>(v.size()) < total) v.resize(total);
         int64_t k = 0;
         for (int64_t j = 0; j < m; ++j)
-          for (int64_t t = lo[j]; t < hi[j]; ++t) v[k++] = (a[j] - g.theta[t]) * inv_sigma;
+          for (int64_t t = lo[j]; t < hi[j]; ++t) v[k++] = z(a[j] - g.theta[t]);
         if (backward) map_vec(v.data(), total, [](auto u) { return VecNoise<N, T>::pdf(u); });
         else map_vec(v.data(), total, [](auto u) { return VecNoise<N, T>::cdf(u); });
         k = 0;
@@ -49,7 +50,7 @@ void smooth_window(const Grid<T>& grid_, const scalar_t* x, const scalar_t* grad
           for (int64_t t = lo[j]; t < hi[j]; ++t) acc += (g.q[t + 1] - g.q[t]) * v[k++];
           T r;
           if (a[j] != a[j]) r = a[j];
-          else if (backward) r = static_cast<T>(grad[i + j]) * (acc * inv_sigma);
+          else if (backward) r = static_cast<T>(grad[i + j]) * z(acc);
           else r = e * acc;
           out[i + j] = static_cast<scalar_t>(r);
         }
