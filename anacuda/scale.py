@@ -6,6 +6,7 @@ is given, a 0-d tensor otherwise), strictly positive even for an all-zero tensor
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -33,7 +34,14 @@ def _reduce(x: torch.Tensor, dim: Optional[int], fn) -> torch.Tensor:
 
 
 def _positive(eps: torch.Tensor) -> torch.Tensor:
-    return eps.clamp(min=torch.finfo(eps.dtype).tiny)
+    """eps > 0, nudged up by 2^-20 (relative, rounded up in eps's dtype): the largest magnitude
+    lands a hair inside its outermost level (|u| < m) instead of on it. On it (u = m), it would
+    sit on the excluded edge of the half-open box [θ − σ, θ + σ) of the clipped STE (SPEC §3),
+    so the weight that sets its channel's scale would get no gradient and never move."""
+    eps = eps.clamp(min=torch.finfo(eps.dtype).tiny)
+    up = eps.double() * (1 + 2.0**-20)
+    out = up.to(eps.dtype)
+    return torch.where(out.double() < up, torch.nextafter(out, torch.full_like(out, math.inf)), out)
 
 
 def _check_quantizer(quantizer) -> None:

@@ -106,10 +106,11 @@ def test_integer_weight_is_rejected():
 def test_max_abs_per_tensor_and_per_channel():
     q = Quantizer.uniform(4)  # levels -8 .. 7: the shorter side is 7
     w = torch.tensor([[1.0, -4.0], [0.5, 2.0], [0.0, 0.0]])
-    assert scale.max_abs(w, q).item() == pytest.approx(4.0 / 7)
+    nudge = 1 + 2.0**-20  # the largest magnitude a hair inside its level: see the next test
+    assert scale.max_abs(w, q).item() == pytest.approx(4.0 / 7 * nudge, rel=2.5e-7)  # rounded up in float32
     e = scale.max_abs(w, q, dim=0)
     assert e.shape == (3, 1)
-    torch.testing.assert_close(e[:2, 0], torch.tensor([4.0 / 7, 2.0 / 7]))
+    torch.testing.assert_close(e[:2, 0], torch.tensor([4.0 / 7, 2.0 / 7]) * nudge, rtol=2.5e-7, atol=0)
     assert e[2, 0] > 0  # an all-zero channel still gets a positive scale
     assert not e.requires_grad
     # the largest magnitude of either sign is not clipped
@@ -117,14 +118,39 @@ def test_max_abs_per_tensor_and_per_channel():
     torch.testing.assert_close(y.abs().amax(dim=1)[:2], torch.tensor([4.0, 2.0]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_the_weight_that_sets_the_scale_gets_a_gradient(dtype):
+    """With eps = max|w| / m exactly, a channel's largest positive weight would sit at u = m, the
+    excluded edge of the clipped STE's half-open box [θ − σ, θ + σ): zero gradient, so the weight
+    that sets the scale would never move. The helpers nudge eps up (by 2^-20, rounded up in the
+    dtype) so every u stays below the top level (the lower edge of a box is included: u may equal
+    the bottom level); the forward still maps the largest magnitude to the outermost level."""
+    for q in [Quantizer.ternary(), Quantizer.uniform(4), Quantizer.uniform(8)]:
+        m = min(-q.min_level, q.max_level)
+        w = (torch.randn(32, 40, generator=torch.Generator().manual_seed(2))).to(dtype)
+        for eps in [scale.max_abs(w, q, dim=0), scale.max_abs(w, q), scale.min_max(w, q, dim=0)]:
+            u = w.float() / eps.float()
+            assert (u < q.max_level).all() and (u >= q.min_level).all()
+        wr = w.clone().requires_grad_()
+        F.ana(wr, q, "uniform", 0.0, 0.5, "mode", eps=scale.max_abs(w, q, dim=0)).sum().backward()
+        top = w.float().abs().argmax(dim=1)
+        assert (wr.grad[torch.arange(32), top] != 0).all()
+        if q.num_levels <= 16:  # bfloat16 cannot place eps to 1/127 of a step
+            e = scale.max_abs(w, q, dim=0)
+            y = F.ana(w, q, training=False, eps=e)
+            levels = (y.float()[torch.arange(32), top] / e.float().reshape(-1)).round().abs()
+            assert (levels == m).all()
+
+
 def test_min_max_and_bad_dim():
     q = Quantizer.uniform(2, signed=False)  # levels 0 .. 3
     x = torch.tensor([[0.0, 6.0], [1.0, 2.0]])
-    assert scale.min_max(x, q).item() == pytest.approx(2.0)
-    torch.testing.assert_close(scale.min_max(x, q, dim=0), torch.tensor([[2.0], [2.0 / 3]]))
-    torch.testing.assert_close(scale.min_max(x, q, dim=1), torch.tensor([[1.0 / 3, 2.0]]))
+    nudge = 1 + 2.0**-20
+    assert scale.min_max(x, q).item() == pytest.approx(2.0 * nudge, rel=2.5e-7)  # rounded up in float32
+    torch.testing.assert_close(scale.min_max(x, q, dim=0), torch.tensor([[2.0], [2.0 / 3]]) * nudge, rtol=2.5e-7, atol=0)
+    torch.testing.assert_close(scale.min_max(x, q, dim=1), torch.tensor([[1.0 / 3, 2.0]]) * nudge, rtol=2.5e-7, atol=0)
     q4 = Quantizer.uniform(4)  # -8 .. 7: max 7 -> eps 1, min -16 -> eps 2
-    assert scale.min_max(torch.tensor([7.0, -16.0]), q4).item() == pytest.approx(2.0)
+    assert scale.min_max(torch.tensor([7.0, -16.0]), q4).item() == pytest.approx(2.0 * nudge, rel=2.5e-7)  # rounded up in float32
     with pytest.raises(ValueError, match="out of range"):
         scale.max_abs(x, q, dim=2)
     with pytest.raises(ValueError, match="empty"):
