@@ -92,7 +92,7 @@ def _check_model(model, who: str) -> None:
 
 
 def _number(value, name: str, who: str) -> float:
-    """A finite real number (a time or a start value), or a clear error."""
+    """A real number (a time, a start value) as a float, or a TypeError that names it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"anacuda.{who}: {name} must be a number, got {type(value).__name__}")
     return float(value)
