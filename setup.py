@@ -114,8 +114,9 @@ sources = ["csrc/anacuda.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 cxx_flags = ["-O3", "-Wall", "-Wno-unknown-pragmas", "-ffp-contract=off", "-fno-trapping-math"]
 # at::parallel_for runs its chunks on torch's OpenMP threads only in code compiled with OpenMP
 # (without it every CPU kernel runs on one thread). The libgomp torch loads is the one used.
-cxx_flags.append("-fopenmp")
-link_flags = ["-fopenmp"]
+TORCH_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+cxx_flags += ["-fopenmp"] if TORCH_OPENMP else []
+link_flags = ["-fopenmp"] if TORCH_OPENMP else []
 define_macros = [("ANACUDA_WITH_CUDA", "1" if WITH_CUDA else "0")]
 if WITH_CUDA:
     # No fast math: CPU and CUDA must agree with the reference; no FMA contraction either,
