@@ -68,8 +68,7 @@ def ana(
         seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=x.device, generator=generator)
     args = (x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, training, seed,
             back.name, back.mu, back.sigma)
-    if x.requires_grad and torch.is_grad_enabled() and back.name == "uniform" and \
-            thresholds.numel() <= ops.CODE_MAX_THRESHOLDS:
+    if x.requires_grad and torch.is_grad_enabled() and ops.uses_code(back.name, thresholds):
         return torch.ops.anacuda.ana_coded(*args)[0]  # the backward's 1-byte code from the same pass
     return torch.ops.anacuda.ana(*args)
 

@@ -59,9 +59,14 @@ def _ana_backward_code_fake(grad, code, levels, sigma_b):
 CODE_MAX_THRESHOLDS = 15
 
 
+def uses_code(noise_b: str, thresholds: torch.Tensor) -> bool:
+    """Whether the backward needs only the 1-byte code (ana_code / ana_coded) instead of x."""
+    return noise_b == "uniform" and thresholds.numel() <= CODE_MAX_THRESHOLDS
+
+
 def _ana_setup_context(ctx, inputs, output):
     x, levels, thresholds, uniform_grid, eps, _n, _mu, _sigma, _st, _tr, _seed, noise_b, mu_b, sigma_b = inputs
-    ctx.coded = noise_b == "uniform" and thresholds.numel() <= CODE_MAX_THRESHOLDS
+    ctx.coded = uses_code(noise_b, thresholds)
     if ctx.coded:
         code = torch.ops.anacuda.ana_code(x, levels, thresholds, eps, mu_b, sigma_b)
         ctx.save_for_backward(code, levels, sigma_b)

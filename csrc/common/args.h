@@ -117,20 +117,26 @@ Scalar<T> scalar_arg(const at::Tensor& t, const at::Device& dev, const char* nam
   return s;
 }
 
-// The forward noise, checked ahead of the backward one (which defaults to it), so that an error
-// names the argument the user gave.
-inline void check_forward_noise(const at::Tensor& mu, const at::Tensor& sigma, const at::Device& dev) {
-  check_scalar(mu, dev, "mu", Range::Any);
-  check_scalar(sigma, dev, "sigma", Range::NonNegative);
-}
+// The arguments of a forward op (ana, ana_coded) that need no kernel: the input, the names, and
+// the host values of the noises. The forward noise is checked ahead of the backward one (which
+// defaults to it), so that an error names the argument the user gave; the backward noise rides
+// along for autograd and is checked here too, so that a bad one fails at the forward call.
+struct AnaCall {
+  NoiseKind noise;
+  Strategy strategy;
+};
 
-// The backward noise rides along the forward op (for autograd); check it there too, so a bad
-// value fails at the forward call.
-inline void check_backward_noise(c10::string_view noise_b, const at::Tensor& mu_b, const at::Tensor& sigma_b,
-                                 const at::Device& dev) {
+inline AnaCall check_ana_call(const at::Tensor& x, c10::string_view noise, c10::string_view strategy,
+                              const at::Tensor& mu, const at::Tensor& sigma, c10::string_view noise_b,
+                              const at::Tensor& mu_b, const at::Tensor& sigma_b) {
+  check_input(x, "input");
+  const AnaCall call{parse_noise(noise), parse_strategy(strategy)};
+  check_scalar(mu, x.device(), "mu", Range::Any);
+  check_scalar(sigma, x.device(), "sigma", Range::NonNegative);
   parse_noise(noise_b);
-  check_scalar(mu_b, dev, "backward mu", Range::Any);
-  check_scalar(sigma_b, dev, "backward sigma", Range::NonNegative);
+  check_scalar(mu_b, x.device(), "backward mu", Range::Any);
+  check_scalar(sigma_b, x.device(), "backward sigma", Range::NonNegative);
+  return call;
 }
 
 // eps broadcast to x's shape: one value, or a contiguous block of dimensions of x (e.g. one

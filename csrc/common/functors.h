@@ -62,12 +62,16 @@ template <NoiseKind N, typename T> struct AnaBackward {
 constexpr int kCodeMaxK = 15;
 constexpr uint8_t kNaNCode = 0xF0;
 
-// ana_coded: the code describes a uniform backward noise on at most kCodeMaxK thresholds.
+// A code describes the boxes of at most kCodeMaxK thresholds (ana_code, ana_coded) of a uniform
+// backward noise (ana_coded, which is told the noise).
+inline void check_code_thresholds(const at::Tensor& thresholds) {
+  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
+              " thresholds, got ", thresholds.numel());
+}
 inline void check_coded(c10::string_view noise_b, const at::Tensor& thresholds) {
   TORCH_CHECK(parse_noise(noise_b) == NoiseKind::Uniform, "anacuda: ana_coded needs a uniform backward noise, got '",
               noise_b, "' (call ana)");
-  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
-              " thresholds, got ", thresholds.numel());
+  check_code_thresholds(thresholds);
 }
 
 template <typename T> struct UniformBoxCode {

@@ -14,14 +14,11 @@ at::Tensor ana_cpu(const at::Tensor& x_, const at::Tensor& levels, const at::Ten
                    const at::Tensor& sigma, c10::string_view strategy, bool training,
                    const std::optional<at::Tensor>& seed, c10::string_view noise_b,
                    const at::Tensor& mu_b, const at::Tensor& sigma_b) {
-  check_input(x_, "input");
-  const NoiseKind nk = parse_noise(noise);
-  const Strategy st = parse_strategy(strategy);
-  check_forward_noise(mu, sigma, x_.device());
-  check_backward_noise(noise_b, mu_b, sigma_b, x_.device());
+  const AnaCall call = check_ana_call(x_, noise, strategy, mu, sigma, noise_b, mu_b, sigma_b);
   const at::Tensor x = x_.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
-  cpu_kernels().ana(x, y, levels, thresholds, uniform_grid, eps, nk, mu, sigma, st, training, seed);
+  cpu_kernels().ana(x, y, levels, thresholds, uniform_grid, eps, call.noise, mu, sigma, call.strategy, training,
+                    seed);
   return y;
 }
 
@@ -40,8 +37,7 @@ at::Tensor ana_backward_cpu(const at::Tensor& grad_, const at::Tensor& x_, const
 at::Tensor ana_code_cpu(const at::Tensor& x_, const at::Tensor& levels, const at::Tensor& thresholds,
                         const at::Tensor& eps, const at::Tensor& mu_b, const at::Tensor& sigma_b) {
   check_input(x_, "input");
-  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
-              " thresholds, got ", thresholds.numel());
+  check_code_thresholds(thresholds);
   const at::Tensor x = x_.contiguous();
   at::Tensor code = at::empty(x.sizes(), x.options().dtype(at::kByte));
   cpu_kernels().ana_code(x, code, levels, thresholds, eps, mu_b, sigma_b);
@@ -64,16 +60,12 @@ std::tuple<at::Tensor, at::Tensor> ana_coded_cpu(const at::Tensor& x_, const at:
                                                  c10::string_view strategy, bool training,
                                                  const std::optional<at::Tensor>& seed, c10::string_view noise_b,
                                                  const at::Tensor& mu_b, const at::Tensor& sigma_b) {
-  check_input(x_, "input");
-  const NoiseKind nk = parse_noise(noise);
-  const Strategy st = parse_strategy(strategy);
-  check_forward_noise(mu, sigma, x_.device());
-  check_backward_noise(noise_b, mu_b, sigma_b, x_.device());
+  const AnaCall call = check_ana_call(x_, noise, strategy, mu, sigma, noise_b, mu_b, sigma_b);
   check_coded(noise_b, thresholds);
   const at::Tensor x = x_.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options()), code = at::empty(x.sizes(), x.options().dtype(at::kByte));
-  cpu_kernels().ana_coded(x, y, code, levels, thresholds, uniform_grid, eps, nk, mu, sigma, st, training, seed, mu_b,
-                          sigma_b);
+  cpu_kernels().ana_coded(x, y, code, levels, thresholds, uniform_grid, eps, call.noise, mu, sigma, call.strategy,
+                          training, seed, mu_b, sigma_b);
   return {y, code};
 }
 

@@ -14,21 +14,17 @@ at::Tensor ana_cuda(const at::Tensor& x_, const at::Tensor& levels, const at::Te
                     const at::Tensor& sigma, c10::string_view strategy, bool training,
                     const std::optional<at::Tensor>& seed, c10::string_view noise_b,
                     const at::Tensor& mu_b, const at::Tensor& sigma_b) {
-  check_input(x_, "input");
-  const NoiseKind nk = parse_noise(noise);
-  const Strategy st = parse_strategy(strategy);
-  check_forward_noise(mu, sigma, x_.device());
-  check_backward_noise(noise_b, mu_b, sigma_b, x_.device());
+  const AnaCall call = check_ana_call(x_, noise, strategy, mu, sigma, noise_b, mu_b, sigma_b);
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = aligned_contiguous(x_);
   at::Tensor y = at::empty(x.sizes(), x.options());
   ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::ana", [&] {
     using T = at::opmath_type<scalar_t>;
     auto args = make_args<T>(x, levels, thresholds, uniform_grid, eps, mu, sigma, "mu", "sigma");
-    if (st == Strategy::Random && training) seed_arg(args, seed, x.device());
+    if (call.strategy == Strategy::Random && training) seed_arg(args, seed, x.device());
     if (x.numel() == 0) return;
-    dispatch_noise(nk, [&](auto n_tag) {
-      dispatch_strategy(st, [&](auto s_tag) {
+    dispatch_noise(call.noise, [&](auto n_tag) {
+      dispatch_strategy(call.strategy, [&](auto s_tag) {
         AnaForward<decltype(n_tag)::value, decltype(s_tag)::value, T> op{};
         op.p = args;
         op.training = training;
@@ -64,8 +60,7 @@ at::Tensor ana_backward_cuda(const at::Tensor& grad_, const at::Tensor& x_, cons
 at::Tensor ana_code_cuda(const at::Tensor& x_, const at::Tensor& levels, const at::Tensor& thresholds,
                          const at::Tensor& eps, const at::Tensor& mu_b, const at::Tensor& sigma_b) {
   check_input(x_, "input");
-  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
-              " thresholds, got ", thresholds.numel());
+  check_code_thresholds(thresholds);
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = aligned_contiguous(x_);
   at::Tensor code = at::empty(x.sizes(), x.options().dtype(at::kByte));
