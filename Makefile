@@ -24,11 +24,12 @@ build: deps
 test: build
 	$(PYTHON) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
 
+# The demo and the experiments live outside the installed package (examples/, references/).
 demo: build
-	$(PYTHON) -m anacuda.demo
+	$(PYTHON) -m examples.demo
 
 experiments: build
-	$(PYTHON) -m anacuda.experiments --grid reduced
+	$(PYTHON) -m references.experiments --grid reduced
 
 bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
