@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 # The packages the build, tests, demo and benchmarks need (torch itself: see `deps`).
-DEPS := ninja pybind11 numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
+DEPS := ninja numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
 RESULTS := benchmarks/results
 
 .PHONY: help deps build test demo experiments bench figures sanitize gpu-check clean
@@ -15,9 +15,12 @@ help:
 # torch: a CUDA build when none is installed (so the CUDA kernels compile wherever nvcc is).
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
-	@$(PYTHON) -c "import ninja, pybind11, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision" 2>/dev/null \
+	@$(PYTHON) -c "import ninja, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision" 2>/dev/null \
 		|| $(PIP) install $(DEPS)
 
+# The developer build: the extension in place (anacuda/_C*.so), incrementally, which is what the
+# tests, the demo and the benchmarks import from the checkout. The user install is
+# `pip install --no-build-isolation .` (README): the same setup.py, built against the installed torch.
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
