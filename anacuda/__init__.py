@@ -1,6 +1,6 @@
 """anacuda: fused CPU and CUDA kernels for Additive Noise Annealing (ANA), its straight-through
 estimator variants and alpha-blending. Start with anacuda.functional.ana and anacuda.Quantizer;
-the semantics are in SPEC.md, executable in anacuda.reference."""
+the semantics are in docs/semantics.md, executable in anacuda.reference."""
 
 import torch
 

@@ -1,9 +1,11 @@
-"""Shared helpers of the anacuda test suite: devices, dtypes and their tolerances, input layouts.
+"""Shared helpers of the anacuda test suite: devices, dtypes and their tolerances, input layouts,
+and for the op tests the named quantisers, hyper-parameters and checks against the reference.
 
-The semantics under test are SPEC.md's; anacuda.reference is its executable form. Kernels and
-reference compute in the same precision (float64 for float64 inputs, float32 otherwise, SPEC §7),
-so the tolerances below only absorb rounding: the kernel multiplies by 1/sigma where the reference
-divides, sums only the thresholds inside the noise's reach, and sums in another order.
+The semantics under test are docs/semantics.md's (SPEC §n); anacuda.reference is its executable
+form. Kernels and reference compute in the same precision (float64 for float64 inputs, float32
+otherwise, SPEC §7), so the tolerances below only absorb rounding: the kernel multiplies by
+1/sigma where the reference divides, sums only the thresholds inside the noise's reach, and sums
+in another order.
 """
 
 from __future__ import annotations
