@@ -561,8 +561,8 @@ def main(argv=None) -> int:
         return CHILDREN[args.child](args)
 
     # The dry run writes under build/ (ignored by git): it must not overwrite a GPU run's results.
-    out = args.out or (os.path.join(ROOT, "build", "gpu-check-dry-run") if args.dry_run
-                       else os.path.join(ROOT, "benchmarks", "results", "gpu-check"))
+    out = os.path.abspath(args.out or (os.path.join(ROOT, "build", "gpu-check-dry-run") if args.dry_run
+                                       else os.path.join(ROOT, "benchmarks", "results", "gpu-check")))
     run = Run(out, args.dry_run)
     stages = select(args.stage, args.dry_run)
     if not args.stage:
