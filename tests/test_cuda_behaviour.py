@@ -11,7 +11,7 @@
 - Streams: the ops run on the current stream. On a side stream that is still busy writing the
   input, the op waits for it (a kernel launched on another stream would read the input before it
   is written); two streams at once give the results of one.
-- A second GPU (skipped when there is one): the ops run on their input's device, whatever the
+- A second GPU (skipped when there is none): the ops run on their input's device, whatever the
   current device, and give the same results as on the first.
 """
 
@@ -21,13 +21,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import anacuda, assert_equal, cuda_mark
+from conftest import DTYPES, anacuda, assert_equal, cuda_mark
 
 F = anacuda.functional
 Q = anacuda.Quantizer
 pytestmark = cuda_mark
 
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 STRATEGIES = list(anacuda.STRATEGIES)
 # Busy-waits the GPU for about 30 ms (2^26 clock cycles): long enough that a kernel launched on
 # another stream would run before the wait ends.
