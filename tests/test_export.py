@@ -366,7 +366,7 @@ def _check_onnx(frozen, path, x, last):
     y_ort, w_ort, a_ort, model = _run_onnx(path, x)
     y, a_pt, a_last = _torch_run(frozen, x, last)
     frozen_layers = {n: m for n, m in frozen.named_modules() if isinstance(m, (FrozenLinear, FrozenConv))}
-    assert set(w_ort) == set(frozen_layers)
+    assert set(w_ort) == set(frozen_layers) and len(frozen_layers) > 0
     for name, m in frozen_layers.items():
         assert torch.equal(w_ort[name], m.weight), name
     init = {i.name: i for i in model.graph.initializer}
@@ -412,6 +412,20 @@ def test_onnx_resnet18_runs_in_onnxruntime_as_frozen(tmp_path):
     worst, exact = _check_onnx(frozen, path, digits, "fc")
     print(f"\nONNX ResNet-18: {path.stat().st_size / 2 ** 20:.1f} MiB (float32 weights "
           f"{sum(p.numel() for p in model.parameters()) * 4 / 2 ** 20:.1f} MiB); logits max |diff| {worst:.3g}")
+
+
+def test_onnx_uint8_levels_8bit_activations_and_per_tensor_eps(tmp_path):
+    """Levels 0…255 are stored as uint8; 255 activation thresholds go through the comparisons."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = nn.Sequential(anacuda.nn.ANAActivation(Quantizer.uniform(8), eps=0.02),
+                          ANALinear(16, 4, quantizer=Quantizer.uniform(8, signed=False), eps=0.004))
+    frozen = freeze(model.eval())
+    x = torch.randn(64, 16)
+    path = anacuda.export(frozen, tmp_path / "u8.onnx", format="onnx", example_inputs=x[:2])
+    _, w_ort, a_ort, onnx_model = _run_onnx(path, x)
+    assert {i.name: i.data_type for i in onnx_model.graph.initializer}["1.weight_q"] == 2  # UINT8
+    assert torch.equal(w_ort["1"], frozen[1].weight) and torch.equal(a_ort[0][1], frozen[0](x))
 
 
 def test_onnx_refuses_what_it_cannot_hold(tmp_path):

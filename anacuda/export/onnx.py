@@ -65,7 +65,8 @@ def qdq_model(model) -> torch.nn.Module:
     try:
         import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed ops)
     except ImportError as err:
-        raise ImportError(f"anacuda.export(format='onnx'): torch's quantized_decomposed ops are missing ({err})") from None
+        raise ImportError(f"anacuda.export(format='onnx'): torch's quantized_decomposed ops are missing "
+                          f"({err})") from None
     model = copy.deepcopy(model).eval()
     for name, m in frozen_layers(model):
         _to_qdq(name, m)
