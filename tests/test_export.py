@@ -14,7 +14,7 @@ from torch import nn
 
 import anacuda
 from anacuda import Quantizer
-from anacuda.experiments import core as C
+from references.experiments import core as C
 from anacuda.export.packing import pack2, unpack2
 from anacuda.nn import ANAConv2d, ANALinear, FrozenConv, FrozenLinear, HardQuantizer, convert, freeze
 from anacuda.nn.freeze import level_index
