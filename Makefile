@@ -3,8 +3,10 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
-# The packages the build, tests, demo and benchmarks need (torch itself: see `deps`).
-DEPS := ninja numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
+# The packages the build, tests, demo and benchmarks need (torch itself: see `deps`); the last
+# seven are the exporters' (anacuda.export) readers and writers, tested in tests/test_export.py.
+DEPS := ninja numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision \
+	gguf onnx onnxruntime onnxscript safetensors transformers accelerate
 RESULTS := benchmarks/results
 
 .PHONY: help deps build test demo experiments bench figures sanitize gpu-check gpu-check-dry clean
@@ -15,7 +17,7 @@ help:
 # torch: a CUDA build when none is installed (so the CUDA kernels compile wherever nvcc is).
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
-	@$(PYTHON) -c "import ninja, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision" 2>/dev/null \
+	@$(PYTHON) -c "import ninja, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision, gguf, onnx, onnxruntime, onnxscript, safetensors, transformers, accelerate" 2>/dev/null \
 		|| $(PIP) install $(DEPS)
 
 # The developer build: the extension in place (anacuda/_C*.so), incrementally, which is what the
