@@ -75,6 +75,21 @@ def test_freeze_packs_ternary_weights_at_2_bits_and_unpacks_bit_for_bit():
     assert torch.equal(ep.module()(x), model(x))
 
 
+def test_a_checkpoint_frozen_before_packing_still_loads_exactly():
+    """Frozen state dicts saved before packing hold uint8 `codes`: they load into today's packed layers."""
+    model = _ternary_mlp_cnn()
+    frozen = freeze(model)
+    old = {k: v.clone() for k, v in frozen.state_dict().items()}
+    for name in ("0", "3"):
+        old[f"{name}.codes"] = getattr(frozen, name).codes.clone()
+        del old[f"{name}.packed"]
+    fresh = freeze(_ternary_mlp_cnn())
+    fresh.load_state_dict(old)
+    x = torch.randn(6, 3, 4, 4)
+    assert torch.equal(fresh(x), frozen(x))
+    assert torch.equal(fresh[0].packed, frozen[0].packed)
+
+
 def test_frozen_weight_is_read_only_and_larger_grids_keep_integer_codes():
     model = _ternary_mlp_cnn()
     frozen = freeze(model)

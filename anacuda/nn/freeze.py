@@ -97,6 +97,13 @@ class _FrozenWeight:
         for code that inspects models as it would a torch.nn Linear/Conv."""
         return self.frozen_weight()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint frozen before codes were packed holds `codes` (uint8) where a grid of at
+        # most four levels now keeps `packed`: pack it, so that saved models still load exactly.
+        if "packed" in self._buffers and prefix + "codes" in state_dict and prefix + "packed" not in state_dict:
+            state_dict[prefix + "packed"] = pack2(state_dict.pop(prefix + "codes").long())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class FrozenLinear(_FrozenWeight, nn.Module):
     def __init__(self, layer: nn.Linear):
