@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 
 import torch
@@ -187,8 +188,8 @@ def plot(swp, path, title):
     ax.set_ylabel("median ns per element (log)")
     ax.set_title(f"ternary expectation fwd+bwd, sigma {SWEEP_SIGMA}; x: time per element jumps > {JUMP}x", fontsize=9)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, title, fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.text(0.01, 0.01, textwrap.fill(title, 150), fontsize=6)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True

@@ -214,6 +214,21 @@ def first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+def compile_note(step) -> str:
+    """Runs the first (compiling) step and says what torch.compile made of it: the graphs and the
+    graph breaks (between which the step runs eagerly), with the first break's reason."""
+    from torch._dynamo.utils import counters
+
+    seen = dict(counters["graph_break"])
+    graphs = counters["stats"]["unique_graphs"]
+    step()
+    new = {k: v - seen.get(k, 0) for k, v in counters["graph_break"].items() if v > seen.get(k, 0)}
+    note = f"{counters['stats']['unique_graphs'] - graphs} graphs compiled, {sum(new.values())} graph breaks"
+    if new:
+        note += f" (first: {next(iter(new)).splitlines()[0][:120]})"
+    return note
+
+
 def measure(case: Case, batch: int, modes, rounds: int, device: str, only: Optional[Sequence[str]] = None):
     x, y = case.batch(batch, device)
     base = case.build().to(device)
@@ -230,13 +245,21 @@ def measure(case: Case, batch: int, modes, rounds: int, device: str, only: Optio
                 steps[key] = step_fn(run, case, x, y)
             except Exception as err:  # a variant that cannot be built is a row with the reason
                 errors[key] = "prepare: " + first_line(err)
+    notes = {}
+    for key in [k for k in steps if k.endswith(" compiled")]:  # compiled here, one at a time
+        try:
+            notes[key] = compile_note(steps[key])
+        except Exception as err:
+            errors[key] = "compile: " + first_line(err)
+            del steps[key]
     t0 = time.time()
     samples, run_errors = interleaved(steps, rounds=rounds, warmup=2)
     errors.update({k: "step: " + v for k, v in run_errors.items()})
     rows = []
     for key, peer in peers.items():
         mode = "compiled" if key.endswith(" compiled") else "eager"
-        row = dict(case=case.name, variant=key, mode=mode, peer=peer, batch=batch, device=device)
+        row = dict(case=case.name, variant=key, mode=mode, peer=peer, batch=batch, device=device,
+                   note=notes.get(key, ""))
         if key in samples:
             q1, med, q3 = quartiles(samples[key])
             row.update(median_s=med, q1_s=q1, q3_s=q3, samples_s=samples[key])
@@ -258,7 +281,7 @@ def table(rows) -> str:
             continue
         ratio = f"{r['x_float']:.2f}x" if "x_float" in r else ""
         out.append(f"| {r['case']} | {r['variant']} | {r['median_s'] * 1e3:.1f} | "
-                   f"{r['q1_s'] * 1e3:.1f}-{r['q3_s'] * 1e3:.1f} | {ratio} | |")
+                   f"{r['q1_s'] * 1e3:.1f}-{r['q3_s'] * 1e3:.1f} | {ratio} | {r.get('note', '')} |")
     return "\n".join(out)
 
 
