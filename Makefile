@@ -7,6 +7,10 @@ PYTEST_ARGS ?=
 # seven are the exporters' (anacuda.export) readers and writers, tested in tests/test_export.py.
 DEPS := ninja numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision \
 	gguf onnx onnxruntime onnxscript safetensors transformers accelerate
+# torchao: the peer QAT library of benchmarks/train_step.py. Pinned: it declares no torch
+# requirement and each release follows recent torch releases; 0.18.0 installs and runs next to
+# torch 2.14.1 (bump it with torch).
+TORCHAO := torchao==0.18.0
 RESULTS := benchmarks/results
 
 .PHONY: help deps build test demo experiments bench figures sanitize gpu-check gpu-check-dry clean
@@ -19,6 +23,7 @@ deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
 	@$(PYTHON) -c "import ninja, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision, gguf, onnx, onnxruntime, onnxscript, safetensors, transformers, accelerate" 2>/dev/null \
 		|| $(PIP) install $(DEPS)
+	@$(PYTHON) -c "import torchao" 2>/dev/null || $(PIP) install "$(TORCHAO)"
 
 # The developer build: the extension in place (anacuda/_C*.so), incrementally, which is what the
 # tests, the demo and the benchmarks import from the checkout. The user install is
@@ -39,6 +44,8 @@ experiments: build
 bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
 	$(PYTHON) benchmarks/memory.py --out $(RESULTS)
+	$(PYTHON) benchmarks/train_step.py --out $(RESULTS)
+	$(PYTHON) benchmarks/small_tensors.py --out $(RESULTS)
 
 # The CPU extension under AddressSanitizer + UndefinedBehaviorSanitizer, and the op tests.
 sanitize: deps
