@@ -19,7 +19,19 @@ import sysconfig
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VERSION = "0.1.0"
+
+
+def _version():
+    """pyproject.toml's [project] version: the one place the version is written (setuptools reads it
+    from there too; this copy goes into _build_info.py for anacuda.__version__)."""
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.MULTILINE)
+    if m is None:
+        sys.exit("anacuda: no version = \"...\" line in pyproject.toml")
+    return m.group(1)
+
+
+VERSION = _version()
 
 
 def _toolkit_from_nvcc():
@@ -152,6 +164,7 @@ class Build(BuildExtension):
     def run(self):
         info = "".join([
             "# Written by setup.py at build time.\n",
+            f"VERSION = {VERSION!r}\n",
             f"TORCH_VERSION = {torch.__version__!r}\n",
             f"WITH_CUDA = {WITH_CUDA!r}\n",
             f"CUDA_VERSION = {(torch.version.cuda if WITH_CUDA else None)!r}\n",
@@ -178,7 +191,6 @@ print(
 
 setup(
     name="anacuda",
-    version=VERSION,
     packages=find_packages(include=["anacuda", "anacuda.*"]),
     ext_modules=[ext],
     cmdclass={"build_ext": Build},

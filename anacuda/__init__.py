@@ -1,6 +1,6 @@
 """anacuda: fused CPU and CUDA kernels for Additive Noise Annealing (ANA), its straight-through
 estimator variants and alpha-blending. Start with anacuda.functional.ana and anacuda.Quantizer;
-the semantics are in SPEC.md, executable in anacuda.reference."""
+the semantics are in docs/semantics.md, executable in anacuda.reference."""
 
 import torch
 
@@ -37,7 +37,23 @@ from .quantizer import NOISES, STRATEGIES, Noise, Quantizer  # noqa: E402,F401
 from . import nn  # noqa: E402,F401
 from .nn import AlphaController, NoiseController, convert, freeze  # noqa: E402,F401
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """pyproject.toml's version, as the build that made this extension recorded it (so an in-place
+    build and an installed one both report the version of the code that runs); for an extension
+    built before setup.py recorded it, the installed distribution's metadata."""
+    version = getattr(_build_info, "VERSION", None)
+    if version:
+        return version
+    from importlib import metadata
+
+    try:
+        return metadata.version("anacuda")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 
 def build_info() -> dict:

@@ -1,4 +1,4 @@
-"""The executable spec (SPEC.md) in plain PyTorch.
+"""The executable spec (docs/semantics.md) in plain PyTorch.
 
 An O(K) composite like the paper's own code: every element meets every threshold through a
 K-wide temporary. Tests compare the kernels with it and benchmarks use it as the baseline;

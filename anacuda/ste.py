@@ -31,11 +31,9 @@ upper level, and the uniform density is a half-open box ``[-σ, σ)``, so neighb
 without overlap. A clipped-STE gradient is therefore 1 on the half-open range ``[q_0, q_K)``
 (in units of eps), where the libraries that write ``|x| <= 1`` use a closed one.
 
-Known numerical issues (pinned by strict xfail tests in tests/test_ste.py, kernel and reference
-alike): in ``mode`` a tiny negative input next to a threshold at 0 gets probabilities that round
-to a tie and goes to the upper level (ste_sign and approx_sign give +1 for u = x/eps = -1e-17 in
-float64, -1e-9 in float32); with uniform σ = 0.5 on a unit grid the gradient for
--2^-54 <= u < -2^-55 (float64; -2^-25 <= u < -2^-26 in float32) is 0 instead of 1.
+These hold down to the last bit, kernel and reference alike: in ``mode`` a tiny negative input
+next to a threshold at 0 keeps the lower level (ste_sign of u = -1e-17 is -1), and the uniform
+boxes tile just below 0 too (gradient 1 at u = -2^-54); tests/test_ste.py asserts both.
 """
 
 from __future__ import annotations

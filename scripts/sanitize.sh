@@ -4,7 +4,7 @@
 # any sanitizer report, on a test failure, or on a crash.
 #
 #   scripts/sanitize.sh                 # build (incrementally) and run the default subset
-#   scripts/sanitize.sh tests/test_ana.py -k nan   # build and run what you name instead
+#   scripts/sanitize.sh tests/test_ops_reference.py -k nan   # build and run what you name instead
 #
 # Environment: PYTHON (default python3), SANITIZE_DIR (default build/asan), SANITIZE_JOBS
 # (ninja's parallelism, default 2), SANITIZE_SKIP_BUILD=1 (reuse the last build).
@@ -86,7 +86,8 @@ else
   # strategies), bad inputs and edge cases. torch.compile tests are left out (they run the same
   # kernels; Inductor's C++ compiler under the preloaded runtime only costs time), and so is the
   # slow >2^31-element test (4 GiB in + out, more with ASan's shadow memory).
-  TESTS=(tests/test_ana.py tests/test_alpha_blend.py tests/test_memory.py tests/test_ste.py
+  TESTS=(tests/test_ops_reference.py tests/test_oracle_scipy.py tests/test_registration.py tests/test_random.py
+         tests/test_alpha_blend.py tests/test_memory.py tests/test_ste.py
          tests/test_bad_inputs.py tests/test_properties.py tests/test_robustness.py
          -m "not slow and not cuda" -k "not compile")
 fi

@@ -1,13 +1,16 @@
-"""Shared helpers of the anacuda test suite: devices, dtypes and their tolerances, input layouts.
+"""Shared helpers of the anacuda test suite: devices, dtypes and their tolerances, input layouts,
+and for the op tests the named quantisers, hyper-parameters and checks against the reference.
 
-The semantics under test are SPEC.md's; anacuda.reference is its executable form. Kernels and
-reference compute in the same precision (float64 for float64 inputs, float32 otherwise, SPEC §7),
-so the tolerances below only absorb rounding: the kernel multiplies by 1/sigma where the reference
-divides, sums only the thresholds inside the noise's reach, and sums in another order.
+The semantics under test are docs/semantics.md's (SPEC §n); anacuda.reference is its executable
+form. Kernels and reference compute in the same precision (float64 for float64 inputs, float32
+otherwise, SPEC §7), so the tolerances below only absorb rounding: the kernel multiplies by
+1/sigma where the reference divides, sums only the thresholds inside the noise's reach, and sums
+in another order.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -206,3 +209,137 @@ def scale_of(quantizer, eps=1.0) -> float:
     """The largest output magnitude (times eps): the scale of absolute tolerances."""
     e = eps.abs().max().item() if isinstance(eps, torch.Tensor) else abs(eps)
     return max(1.0, quantizer.levels.abs().max().item()) * max(1.0, e)
+
+
+# --- the ANA op: quantisers, hyper-parameters and the checks of the op tests ---------------------
+F = anacuda.functional
+R = anacuda.reference
+Q = anacuda.Quantizer
+NOISES = list(anacuda.NOISES)
+assert NOISES == ["uniform", "triangular", "normal", "logistic"]
+
+
+def _arbitrary(k: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    th = torch.sort(torch.rand(k, generator=g, dtype=torch.float64) * 20 - 10).values
+    lv = torch.randn(k + 1, generator=g, dtype=torch.float64) * 3  # not monotone: negative steps too
+    return Q(lv, th)
+
+
+def _arbitrary64():
+    return _arbitrary(64, seed=2024)
+
+
+QUANTIZERS = {
+    "binary": Q.binary(),
+    "ternary": Q.ternary(),
+    "uniform4": Q.uniform(4),
+    # 255 thresholds: the kernel visits only the window in the noise's reach (found by
+    # arithmetic on a uniform grid); the reference sums all 255 terms.
+    "uniform8": Q.uniform(8),
+    "arbitrary": Q([-2.0, -0.5, 0.0, 1.0, 3.0], [-1.3, -0.2, 0.4, 2.0]),
+    # A long non-uniform grid with non-monotone levels: the window is found by binary search.
+    "arbitrary64": _arbitrary64(),
+    # 16 <= K <= 32: the CPU small-grid path without the 1-byte code of the uniform backward
+    "uniform5": Q.uniform(5),
+    "arbitrary20": _arbitrary(20, seed=20),
+}
+SIGMAS = [0.0, 0.05, 0.5, 3.0]
+MUS = [0.0, -0.3]
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures(...)`). The op
+    tests' tensors are small: on a busy machine torch's thread pool spends far longer waiting at
+    its barriers than computing (the reference's K-wide temporaries once took 100 s instead of
+    0.2 s). One thread keeps the suite fast and steady; test_random_independent_of_threads runs
+    the kernel's parallel loop explicitly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def level_probs(a: torch.Tensor, q, noise: str, sigma: float) -> torch.Tensor:
+    """p_k (SPEC §4) in float64 for a = u - mu, shape (..., K + 1)."""
+    th, lv = q.thresholds.to(a.device), q.levels
+    P = R.cdf(noise, (a.double().unsqueeze(-1) - th) / sigma)
+    one = torch.ones_like(P[..., :1])
+    return torch.cat([one, P], -1) - torch.cat([P, 0 * one], -1)
+
+
+def mode_safe(x, q, noise, mu, sigma, eps=1.0):
+    """Elements whose most likely level wins by more than rounding can change (SPEC §4, mode).
+
+    Kernel and reference compute the level probabilities in different ways (the kernel from the
+    upper tails when a step is more than half on, and with x * (1/sigma) for x / sigma), so where
+    the two largest p_k are within a few ulp of each other the argmax legitimately differs; that
+    includes the exact ties over whole intervals of a uniform noise wider than a bin, which both
+    sides resolve by rounding. Everywhere else the mode is compared exactly."""
+    c = torch.finfo(compute_dtype(x.dtype)).eps
+    e = eps.double().cpu() if isinstance(eps, torch.Tensor) else eps
+    u = x.detach().double().cpu() / e
+    a = u - mu
+    p = level_probs(a, q, noise, sigma)
+    top = torch.topk(p, 2, dim=-1).values
+    gap = top[..., 0] - top[..., 1]
+    margin = 64 * c * (1 + u.abs() + abs(mu)) / sigma + 64 * c
+    return (gap > margin) | torch.isnan(u) | torch.isinf(u)
+
+
+def scipy_edge_safe(u, q, noise, mu, sigma):
+    """For the uniform law, elements not within rounding of a support edge (a - theta = +-sigma):
+    scipy's support is closed [-s, s], SPEC's is half-open [-s, s) (the kernel and the reference
+    both test a box by its edges, theta - sigma <= a < theta + sigma, and agree there exactly)."""
+    u = u.detach().double().cpu()
+    if noise != "uniform":
+        return torch.ones_like(u, dtype=torch.bool)
+    v = ((u - mu).unsqueeze(-1) - q.thresholds) / sigma
+    return ((v.abs() - 1).abs()).amin(-1) > 1e-9
+
+
+@functools.lru_cache(maxsize=None)
+def _max_abs_derivative(q, noise: str, sigma: float) -> float:
+    """max over u of sum_i |dq_i| f_sigma(u - theta_i): the largest magnitude the terms of the
+    gradient sum can reach (their sum bounds its rounding error, cancellation included)."""
+    th = q.thresholds
+    a = torch.cat([torch.linspace(th[0].item() - 3 * sigma - 1, th[-1].item() + 3 * sigma + 1, 4001,
+                                  dtype=torch.float64), th, th + sigma * 0.999, th - sigma])
+    dq = (q.levels[1:] - q.levels[:-1]).abs()
+    return ((dq * R.pdf(noise, (a.unsqueeze(-1) - th) / sigma)).sum(-1) / sigma).max().item()
+
+
+def grad_scale(q, noise, sigma, upstream):
+    """Scale of the absolute gradient tolerance: the largest gradient term sum times |upstream|."""
+    m = upstream.detach().abs().max().item() if upstream.numel() else 1.0
+    return max(1.0, _max_abs_derivative(q, noise, float(sigma))) * max(1.0, m)
+
+
+def kernel_and_reference(x, q, **kw):
+    return F.ana(x, q, **kw), R.ana(x, q, **kw)
+
+
+def check_forward(x, q, noise, mu, sigma, strategy, eps=1.0, training=True, msg=""):
+    y, r = kernel_and_reference(x, q, noise=noise, mu=mu, sigma=sigma, strategy=strategy, eps=eps,
+                                training=training)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device and y.is_contiguous(), msg
+    if sigma == 0 or not training:
+        assert_equal(y, r, msg=msg + " (hard stair)")
+        return y.numel(), y.numel()
+    if strategy == "expectation":
+        assert_close(y, r, x.dtype, scale_of(q, eps), msg=msg)
+        return y.numel(), y.numel()
+    safe = mode_safe(x, q, noise, mu, sigma, eps)
+    assert_equal(y, r, mask=safe, msg=msg + " (mode)")
+    return int(safe.sum()), y.numel()
+
+
+
+def op_args(x, q, noise, mu, sigma, strategy, training, eps, seed, noise_b=None):
+    """The arguments functional.ana passes to torch.ops.anacuda.ana (backward noise: the forward
+    noise with the same mu and sigma, or `noise_b` with them)."""
+    lv, th = q.tables(x.device, x.dtype)
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return (x, lv, th, q.uniform_grid, eps, noise, f64(mu), f64(sigma), strategy, training, seed, noise_b or noise,
+            f64(mu), f64(sigma))

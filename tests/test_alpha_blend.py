@@ -3,14 +3,11 @@
 import pytest
 import torch
 
-import anacuda
+from conftest import DEVICES, DTYPES
+
 from anacuda import Quantizer, scale
 from anacuda import functional as F
 from anacuda import reference as R
-
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not anacuda.cuda_available(), reason="needs a GPU and the CUDA kernels")])]
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 def _weight(device, dtype, shape=(8, 5, 3, 3)):

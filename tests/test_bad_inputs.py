@@ -3,10 +3,9 @@ the message that says what is wrong, for ops (through functional and called dire
 Quantizer and Noise constructors, the layers, convert, the controllers, freeze and the scale
 helpers. Never a crash, a hang or a silent wrong result.
 
-Cases the library gets wrong today (accepts what it should reject, answers with garbage, or
-raises something unhelpful) are strict xfails whose reason says what is wrong: they flip to
-failures once fixed, so that the mark goes. test_ana.py::test_bad_arguments / test_bad_inputs,
-test_alpha_blend.py and test_nn.py hold further cases; this table does not repeat them.
+The table (CASES) and, at the end, the checks of Quantizer and functional.ana's arguments
+(test_quantizer_errors, test_bad_arguments, test_bad_inputs) do not repeat each other;
+test_alpha_blend.py and test_nn.py hold further cases.
 """
 
 from __future__ import annotations
@@ -28,10 +27,6 @@ from anacuda.nn import (ANAActivation, ANAConv2d, ANALinear, AlphaBlendConv1d, A
                         AlphaController, Decay, NoiseController, convert, freeze)
 
 cuda_only = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs the CUDA kernels and a GPU")]
-
-
-def bug(reason: str):
-    return pytest.mark.xfail(strict=True, reason="BUG: " + reason)
 
 
 # --- helpers: small inputs --------------------------------------------------------------------------
@@ -344,3 +339,126 @@ def test_forged_codes_give_nan():
     gx = op_code_backward(code, storage[:3], grad=torch.ones(6))
     assert gx[:3].isnan().all() and gx[5].isnan()
     assert gx[3].item() == 2.0 and gx[4].item() == 0.0  # boxes 0 and 1 (each 0.5 / sigma = 1); none
+
+
+# --- bad input -------------------------------------------------------------------------------------
+def test_quantizer_errors():
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Q([0, 1, 2], [0.5, -0.5])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Q([0, 1, 2], [0.5, 0.5])
+    with pytest.raises(ValueError, match="K thresholds need K \\+ 1 levels"):
+        Q([0, 1, 2, 3], [0.5, 1.5])
+    with pytest.raises(ValueError, match="K thresholds need K \\+ 1 levels"):
+        Q([0, 1], [0.5, 1.5])
+    with pytest.raises(ValueError, match="levels must be finite"):
+        Q([0, float("inf")], [0.5])
+    with pytest.raises(ValueError, match="levels must be finite"):
+        Q([float("nan"), 1], [0.5])
+    with pytest.raises(ValueError, match="thresholds must be finite"):
+        Q([0, 1], [float("nan")])
+    with pytest.raises(ValueError, match="at least one threshold"):
+        Q([1.0], [])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        Q(torch.zeros(2, 2), torch.zeros(3))
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        Q(["a", "b"], [0.5])
+    with pytest.raises(ValueError, match="nbits must be an integer"):
+        Q.uniform(0)
+    with pytest.raises(ValueError, match="single level"):
+        Q.uniform(1, signed=True, balanced=True)
+
+
+def _ana(x=None, q=None, **kw):
+    x = torch.linspace(-2, 2, 12).reshape(3, 4) if x is None else x
+    return F.ana(x, q or Q.ternary(), **kw)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(sigma=-0.1), ValueError, "sigma must be >= 0"),
+    (dict(sigma=float("nan")), ValueError, "sigma must be finite"),
+    (dict(sigma=float("inf")), ValueError, "sigma must be finite"),
+    (dict(sigma=torch.tensor(-0.5)), RuntimeError, "sigma must be >= 0"),
+    (dict(sigma=torch.tensor(float("nan"))), RuntimeError, "sigma must be finite"),
+    (dict(mu=float("nan")), ValueError, "mu must be finite"),
+    (dict(mu=torch.tensor(float("inf"))), RuntimeError, "mu must be finite"),
+    (dict(eps=0.0), ValueError, "eps must be > 0"),
+    (dict(eps=-1.0), ValueError, "eps must be > 0"),
+    (dict(eps=torch.tensor(0.0)), RuntimeError, "eps must be finite and > 0"),
+    (dict(eps=torch.tensor(-2.0)), RuntimeError, "eps must be finite and > 0"),
+    (dict(eps=torch.tensor([[1.0], [0.0], [2.0]])), RuntimeError, "every eps must be finite and > 0"),
+    (dict(eps=torch.tensor([[1.0], [-3.0], [2.0]])), RuntimeError, "every eps must be finite and > 0"),
+    (dict(eps=torch.tensor([[1.0], [float("nan")], [2.0]])), RuntimeError, "every eps must be finite and > 0"),
+    (dict(eps=torch.ones(3)), RuntimeError, "does not broadcast"),
+    (dict(eps=torch.ones(2, 1)), RuntimeError, "does not broadcast"),
+    (dict(eps=torch.ones(1, 3, 4)), RuntimeError, "does not broadcast"),
+    (dict(eps=torch.ones(3, 1, dtype=torch.int64)), TypeError, "eps must be a floating tensor"),
+    (dict(noise="gaussian"), ValueError, "unknown noise 'gaussian'"),
+    (dict(strategy="sample"), ValueError, "unknown strategy 'sample'"),
+    (dict(mu=torch.tensor([0.0, 1.0])), ValueError, "mu must be a number or a one-element tensor"),
+    (dict(sigma=torch.ones(2)), ValueError, "sigma must be a number or a one-element tensor"),
+    (dict(sigma=torch.tensor(0.5, requires_grad=True)), ValueError, "sigma takes no gradient"),
+    (dict(mu=torch.tensor(0.5, requires_grad=True)), ValueError, "mu takes no gradient"),
+    (dict(eps=torch.tensor(0.5, requires_grad=True)), ValueError, "eps takes no gradient"),
+    (dict(mu=torch.tensor(1)), TypeError, "mu must be a floating tensor"),
+    (dict(sigma="0.5"), TypeError, "sigma must be a number or a tensor"),
+    (dict(sigma=True), TypeError, "sigma must be a number or a tensor"),
+    (dict(backward_noise=("uniform", 0.0)), TypeError, "a noise is a name or a \\(name, mu, sigma\\) tuple"),
+    (dict(backward_noise=42), TypeError, "a noise is a name or a \\(name, mu, sigma\\) tuple"),
+    (dict(backward_noise=("box", 0.0, 0.5)), ValueError, "unknown noise 'box'"),
+    (dict(backward_noise=("uniform", 0.0, -0.5)), ValueError, "backward sigma must be >= 0"),
+    (dict(backward_noise=("uniform", float("nan"), 0.5)), ValueError, "backward mu must be finite"),
+    (dict(backward_noise=("uniform", 0.0, torch.tensor(-1.0))), RuntimeError, "backward sigma must be >= 0"),
+    (dict(backward_noise=("uniform", torch.zeros(2), 0.5)), ValueError,
+     "backward mu must be a number or a one-element tensor"),
+    (dict(backward_noise=("uniform", 0.0, torch.tensor(0.5, requires_grad=True))), ValueError,
+     "backward sigma takes no gradient"),
+])
+def test_bad_arguments(kw, exc, match):
+    for strategy in ["expectation", "mode", "random"]:
+        with pytest.raises(exc, match=match):
+            _ana(**{"strategy": strategy, **kw})
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="x must be float64, float32, float16 or bfloat16"):
+        F.ana(torch.arange(5), Q.ternary())
+    with pytest.raises(TypeError, match="x must be float64, float32, float16 or bfloat16"):
+        F.ana(torch.ones(3, dtype=torch.complex64), Q.ternary())
+    with pytest.raises(TypeError, match="x must be a tensor"):
+        F.ana([1.0, 2.0], Q.ternary())
+    with pytest.raises(TypeError, match="quantizer must be an anacuda.Quantizer"):
+        F.ana(torch.ones(3), ([-1, 1], [0]))
+    # the op itself checks what the wrapper would have caught
+    x = torch.ones(4)
+    q = Q.ternary()
+    lv, th = q.tables(x.device, x.dtype)
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    one = f64(1.0)
+    ana = torch.ops.anacuda.ana
+    with pytest.raises(RuntimeError, match="input must be float64, float32, float16 or bfloat16"):
+        ana(torch.ones(4, dtype=torch.int32), lv, th, False, one, "normal", f64(0), f64(1), "mode", True, None,
+            "normal", f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="unknown noise 'foo'"):
+        ana(x, lv, th, False, one, "foo", f64(0), f64(1), "mode", True, None, "normal", f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="unknown noise 'bar'"):
+        ana(x, lv, th, False, one, "normal", f64(0), f64(1), "mode", True, None, "bar", f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="unknown strategy 'foo'"):
+        ana(x, lv, th, False, one, "normal", f64(0), f64(1), "foo", True, None, "normal", f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="the random strategy needs a seed tensor"):
+        ana(x, lv, th, False, one, "normal", f64(0), f64(1), "random", True, None, "normal", f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="seed must be an int64 tensor of 2 elements"):
+        ana(x, lv, th, False, one, "normal", f64(0), f64(1), "random", True, torch.tensor([1, 2, 3]), "normal",
+            f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="levels and thresholds must be"):
+        ana(x, lv.double(), th.double(), False, one, "normal", f64(0), f64(1), "mode", True, None, "normal",
+            f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="needs K \\+ 1 levels"):
+        ana(x, lv[:2], th, False, one, "normal", f64(0), f64(1), "mode", True, None, "normal", f64(0), f64(1))
+    with pytest.raises(RuntimeError, match="thresholds must be a non-empty 1-D tensor"):
+        ana(x, lv[:1], th[:0], False, one, "normal", f64(0), f64(1), "mode", True, None, "normal", f64(0),
+            f64(1))
+    with pytest.raises(RuntimeError, match="backward sigma must be >= 0"):
+        ana(x, lv, th, False, one, "normal", f64(0), f64(1), "mode", True, None, "normal", f64(0), f64(-1))
+    with pytest.raises(RuntimeError, match="the gradient must have the input's shape"):
+        torch.ops.anacuda.ana_backward(torch.ones(5), x, lv, th, False, one, "normal", f64(0), f64(1))

@@ -1,12 +1,12 @@
-"""The training demo (python3 -m anacuda.demo), in its --quick form."""
+"""The training demo (python3 -m examples.demo), in its --quick form."""
 
 import argparse
 
 import pytest
 import torch
 
-from anacuda import demo
-from anacuda.experiments import core as C
+from examples import demo
+from references.experiments import core as C
 
 
 def test_parse_bits():

@@ -1,4 +1,4 @@
-"""The experiment runner (python3 -m anacuda.experiments): grids, one run, the resumable
+"""The experiment runner (python3 -m references.experiments): grids, one run, the resumable
 parallel CSV, the statistics and the report. Tiny versions: a couple of configurations, one
 epoch, a 4-channel CNN."""
 
@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from anacuda.experiments import analysis as A
-from anacuda.experiments import core as C
-from anacuda.experiments.__main__ import main as experiments_main
-from anacuda.experiments.grid import GRIDS, family, make_grid
-from anacuda.experiments.runner import COLUMNS, read_rows, run_grid
 from anacuda.nn.controller import POWERS, WINDOWS
 from anacuda.quantizer import NOISES, STRATEGIES
+from references.experiments import core as C
+from references.experiments import stats as S
+from references.experiments.__main__ import main as experiments_main
+from references.experiments.figures import plot_schedules
+from references.experiments.grid import GRIDS, family, make_grid
+from references.experiments.report import write_report
+from references.experiments.runner import COLUMNS, read_rows, run_grid
 
 
 # --- grids --------------------------------------------------------------------------------------
@@ -157,51 +159,51 @@ def _synthetic_rows(policy_effect=2.0, noise_effect=0.0, seeds=3):
 
 
 def test_mean_ci_is_the_t_interval():
-    m, h, n = A.mean_ci([1.0, 2.0, 3.0])
+    m, h, n = S.mean_ci([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and h == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
-    assert math.isnan(A.mean_ci([5.0])[1])
+    assert math.isnan(S.mean_ci([5.0])[1])
 
 
 def test_spreads_and_anova_find_the_factor_that_matters():
     rows = _synthetic_rows(policy_effect=1.0, noise_effect=0.0)
-    a, *_levels = A._balanced(A.ana_cells(rows))
+    a, *_levels = S._balanced(S.ana_cells(rows))
     assert a.shape == (4, 3, 8, 3)
-    sp = A.spreads(a)
+    sp = S.spreads(a)
     assert sp["main_range_policy"] == pytest.approx(7.0, abs=0.2) and sp["main_range_noise"] < 0.3
     assert sp["within_policy"] > 10 * sp["within_noise"]
-    terms = {t["term"]: t for t in A.anova(a)}
+    terms = {t["term"]: t for t in S.anova(a)}
     assert terms["policy (window × power)"]["eta2"] > 0.95 and terms["noise"]["eta2"] < 0.01
     assert terms["policy (window × power)"]["p"] < 1e-10
     assert sum(t["eta2"] for t in terms.values()) == pytest.approx(1.0)
-    dif = A.seed_level_differences(a)
+    dif = S.seed_level_differences(a)
     for key in ("within", "main"):
         m, h, n, per_seed = dif[key]
         assert n == 3 and len(per_seed) == 3 and m - h > 0  # policies spread more, significantly
     # pure seed noise: the differences are centred on 0
     rng = np.random.default_rng(1)
-    null = np.stack([A.seed_level_differences(90 + rng.normal(0, 1, (4, 3, 8, 3)))["within"][0]
+    null = np.stack([S.seed_level_differences(90 + rng.normal(0, 1, (4, 3, 8, 3)))["within"][0]
                      for _ in range(200)])
     assert abs(null.mean()) < 0.05
 
 
 def test_alpha_table_pairs_by_seed():
-    (t,) = A.alpha_table(_synthetic_rows())
+    (t,) = S.alpha_table(_synthetic_rows())
     assert t["bits"] == 1 and t["n"] == 3 and t["wins"] == 3
     assert t["diff"][0] == pytest.approx(2.0) and t["ab"][0] == pytest.approx(96.0)
 
 
 def test_report_and_figures(tmp_path):
-    text = A.write_report(str(tmp_path), _synthetic_rows(), figures=True)
+    text = write_report(str(tmp_path), _synthetic_rows(), figures=True)
     assert "| policy | accuracy |" in text and "AB − STE" in text
     for name in ("experiments_spread_mu_static.png", "experiments_heatmap_mu_static.png",
                  "experiments_alpha_float.png"):
         assert (tmp_path / name).stat().st_size > 1000
-    assert os.path.exists(A.plot_schedules(str(tmp_path / "s.png"), 10))
+    assert os.path.exists(plot_schedules(str(tmp_path / "s.png"), 10))
 
 
 def test_old_csv_keeps_its_keys_and_gains_new_columns(tmp_path):
-    from anacuda.experiments.grid import float_config
-    from anacuda.experiments.runner import _upgrade_header, done_keys
+    from references.experiments.grid import float_config
+    from references.experiments.runner import _upgrade_header, done_keys
 
     cfg = C.RunConfig(seed=2)
     # alpha_end was added later: at its original default it does not enter the key

@@ -3,13 +3,11 @@
 import pytest
 import torch
 
-import anacuda
+from conftest import DEVICES
+
 from anacuda import Quantizer
 from anacuda import functional as F
 from anacuda import reference as R
-
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not anacuda.cuda_available(), reason="needs a GPU and the CUDA kernels")])]
 
 
 def saved_bytes(fn, x):

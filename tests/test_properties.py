@@ -9,7 +9,7 @@ What is compared, and how closely (the bounds are written down in docs/guarantee
 - the hard stair (eval, sigma = 0): bit for bit;
 - expectation: within conftest.tolerance (rtol·|ref| + atol·scale, plus one ulp for half types);
 - mode: bit for bit wherever the two most likely levels are further apart than rounding can move
-  them (see `mode_decidable`); exact ties and near-ties are left to test_ana's tie tests;
+  them (see `mode_decidable`); exact ties and near-ties are left to test_ops_reference's tie tests;
 - random: shape, dtype, NaN pattern, every output a level (eps·q_k rounded to the dtype), within
   the noise's reach of u − mu; sigma = 0 is the hard stair;
 - the gradient (every strategy): within (K + 32)·u·M·|g| + the window truncation, where u is the

@@ -16,9 +16,10 @@ import math
 
 import pytest
 import torch
+from scipy import special as sps
 from scipy import stats
 
-from conftest import anacuda, assert_close, assert_equal
+from conftest import DEVICES, QUANTIZERS, anacuda, assert_close, assert_equal
 
 from anacuda import reference as R
 from anacuda import ste
@@ -39,8 +40,8 @@ def forward_and_grad(est, u, eps=1.0, device="cpu", dtype=torch.float64, **kw):
 
 def grid(lo, hi, n=2001, extra=()):
     """About n points from lo to hi on a dyadic grid (multiples of a power of two, exact in float32
-    and float64, so 0 is exactly 0; a linspace gives e.g. -4.2e-17 instead, see the xfail tests
-    below), plus the `extra` points."""
+    and float64, so 0 is exactly 0; a linspace gives e.g. -4.2e-17 instead, see
+    test_mode_sign_of_tiny_negative_inputs), plus the `extra` points."""
     step = 2.0 ** math.floor(math.log2((hi - lo) / (n - 1)))
     k = torch.arange(math.ceil(lo / step), math.floor(hi / step) + 1, dtype=torch.float64)
     return torch.cat([k * step, torch.tensor(list(extra), dtype=torch.float64)])
@@ -486,3 +487,113 @@ def test_estimator_api(device):
         made = ctor(Q.uniform(2), 0.3) if name in ("dsq_like", "gaussian_smoothing") else (
             ctor(Q.uniform(2)) if name in ("clipped_ste", "stochastic_rounding") else ctor())
         assert made.name == name
+
+
+# --- straight-through estimators (SPEC §5) ---------------------------------------------------------
+STE_DTYPES = [torch.float64, torch.float32]
+
+
+def _grad(x, **kw):
+    x = x.detach().requires_grad_(True)
+    y = F.ana(x, **kw)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    return y, g
+
+
+@pytest.mark.parametrize("dtype", STE_DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_ste_hardtanh(device, dtype):
+    """ternary, uniform sigma = 0.5, expectation: clamp(u, -1, 1), gradient 1 on [-1, 1), 0 outside.
+
+    u = 1 exactly gets gradient 0, not 1 as SPEC §5's "|u| <= 1" reads: the uniform support is
+    half-open (SPEC §3), and at u = 1 the only threshold in reach (0.5) sits at a - theta = sigma,
+    the open end of its box. u = -1 exactly gets 1 (a - theta = -sigma, the closed end), and u = 0
+    gets 1, not 2 (the boxes of the two thresholds tile). The neighbours of the box edges -1, 0, 1
+    (and tiny magnitudes) are included: the boxes are decided by their edges, exactly."""
+    u = torch.cat([torch.arange(-250, 251, dtype=torch.float64) / 100,
+                   torch.tensor([1e-3, -1e-3, 0.999, -0.999, 1.001, -1.001, 2e-8, -2e-8, 4e-17, -4e-17])])
+    x = torch.cat([u.to(dtype), _nextafters(torch.tensor([-1.0, 0.0, 1.0], dtype=dtype))]).to(device)
+    y, g = _grad(x, quantizer=Q.ternary(), noise="uniform", sigma=0.5, strategy="expectation")
+    assert_close(y, x.clamp(-1, 1))
+    assert_equal(g, ((x >= -1) & (x < 1)).to(dtype))
+    assert g[x == 1.0].unique().tolist() == [0] and g[x == -1.0].unique().tolist() == [1]
+    assert g[x == 0.0].unique().tolist() == [1]
+    # the same boxes inside a 255-threshold grid (the windowed path, not the small-grid one):
+    # identity with gradient 1 everywhere in [-2.5, 2.5], box edges included
+    y, g = _grad(x, quantizer=Q.uniform(8), noise="uniform", sigma=0.5, strategy="expectation")
+    assert_close(y, x, scale=128)
+    assert_equal(g, torch.ones_like(x))
+
+
+def _nextafters(t: torch.Tensor):
+    return torch.cat([t, torch.nextafter(t, t - 1), torch.nextafter(t, t + 1)])
+
+
+@pytest.mark.parametrize("qargs", [(1,), (2,), (4,), (8,), (3, False), (3, True, True)], ids=str)
+@pytest.mark.parametrize("dtype", STE_DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_ste_uniform_mode_is_hard_stair(device, dtype, qargs):
+    """Any uniform quantiser, uniform sigma = 0.5, mode: the hard stair exactly (inputs on, just
+    below and just above every threshold included: on a tie the upper level wins), gradient 1 from
+    the lowest level (included) to the highest (excluded: half-open support)."""
+    q = Q.uniform(*qargs)
+    lv = q.levels
+    pts = torch.cat([torch.linspace(lv[0].item() - 2, lv[-1].item() + 2, 301, dtype=torch.float64), lv,
+                     q.thresholds]).to(dtype)
+    x = _nextafters(pts).to(device)
+    y, g = _grad(x, quantizer=q, noise="uniform", sigma=0.5, strategy="mode")
+    assert_equal(y, q(x))
+    lo, hi = lv[0].item(), lv[-1].item()
+    # The box edges of the gradient are the levels (theta +- 0.5), checked on and an ulp off them.
+    assert_equal(g, ((x >= lo) & (x < hi)).to(dtype))
+
+
+def _sign_points(dtype, device):
+    """Multiples of 1/100 in [-2, 2] (exact 0 and +-1), tiny magnitudes, and the neighbours of -1,
+    0 and 1: sign(-tiny) = -1 exactly (with a compact noise no wider than the gap, the mode is the
+    hard stair; SPEC §4, whatever F(tiny) rounds to)."""
+    x = torch.cat([torch.arange(-200, 201, dtype=torch.float64) / 100,
+                   torch.tensor([1e-6, -1e-6, 2e-8, -2e-8, 1e-30, -1e-30, 0.0])]).to(dtype)
+    return torch.cat([x, _nextafters(torch.tensor([-1.0, 0.0, 1.0], dtype=dtype))]).to(device)
+
+
+@pytest.mark.parametrize("dtype", STE_DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_ste_sign_larq(device, dtype):
+    """binary, uniform sigma = 1, mode: sign with sign(0) = +1, gradient 1 on [-1, 1) (half-open:
+    u = 1 gets 0, u = -1 gets 1)."""
+    x = _sign_points(dtype, device)
+    y, g = _grad(x, quantizer=Q.binary(), noise="uniform", sigma=1.0, strategy="mode")
+    assert_equal(y, torch.where(x >= 0, 1.0, -1.0).to(dtype))
+    assert_equal(g, ((x >= -1) & (x < 1)).to(dtype))
+    assert g[x == 1].unique().tolist() == [0] and g[x == -1].unique().tolist() == [1]
+
+
+@pytest.mark.parametrize("dtype", STE_DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_ste_approxsign(device, dtype):
+    """binary, triangular sigma = 1, mode: sign forward, gradient 2 - 2|u| on |u| <= 1 (Bi-Real)."""
+    x = _sign_points(dtype, device)
+    y, g = _grad(x, quantizer=Q.binary(), noise="triangular", sigma=1.0, strategy="mode")
+    assert_equal(y, torch.where(x >= 0, 1.0, -1.0).to(dtype))
+    assert_close(g, (2 - 2 * x.abs()).clamp(min=0), scale=2)
+    assert g[x == 0].unique().tolist() == [2]
+
+
+@pytest.mark.parametrize("dtype", STE_DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_soft_stairs(device, dtype):
+    """logistic: binary expectation = tanh(u / (2 sigma)); normal: binary expectation = 2 Phi(u/sigma) - 1;
+    a tanh-shaped soft stair on a uniform grid (sum of shifted tanh)."""
+    x = torch.linspace(-4, 4, 321, dtype=torch.float64)
+    for sigma in [0.1, 0.5, 2.0]:
+        xd = x.to(device=device, dtype=dtype)
+        y = F.ana(xd, Q.binary(), "logistic", 0.0, sigma)
+        assert_close(y, torch.tanh(x / (2 * sigma)).to(dtype), scale=1, msg=f"logistic sigma={sigma}")
+        y = F.ana(xd, Q.binary(), "normal", 0.0, sigma)
+        assert_close(y, torch.from_numpy(2 * sps.ndtr(x.numpy() / sigma) - 1).to(dtype), scale=1,
+                     msg=f"normal sigma={sigma}")
+        q = QUANTIZERS["uniform4"]
+        y = F.ana(xd * 2, q, "logistic", 0.0, sigma)
+        exp = q.levels[0] + sum(0.5 * (1 + torch.tanh((2 * x - t) / (2 * sigma))) for t in q.thresholds)
+        assert_close(y, exp.to(dtype), scale=8, msg="soft stair")

@@ -1,12 +1,13 @@
-"""anacuda.experiments: the papers' claims tested in miniature on scikit-learn's 8x8 digits.
+"""The papers' claims tested in miniature on scikit-learn's 8x8 digits (research tooling, not
+part of the installed anacuda package: run it from the repository root).
 
-``python3 -m anacuda.experiments --grid reduced`` runs the CVPR 2022 design of experiments
+``python3 -m references.experiments --grid reduced`` runs the CVPR 2022 design of experiments
 (noise × strategy × σ static/annealed × decay window × decay power, 3 seeds), the classic STE
 baselines and alpha-blending against the clipped STE at 1, 2 and 4 bits, in parallel over the
 CPU cores, resumably, and writes ``results.csv``, ``report.md`` and PNG figures to ``--out``.
 
 Modules: ``core`` (data, model, training, one run), ``grid`` (the grids), ``runner`` (the
-worker pool and the CSV), ``analysis`` (statistics, report, figures).
+worker pool and the CSV), ``stats``, ``report`` and ``figures`` (the analysis).
 """
 
 from .core import Digits, RunConfig, build_quantised, load_digits, make_cnn, run, train  # noqa: F401

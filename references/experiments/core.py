@@ -19,9 +19,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .. import ste
-from ..nn import AlphaController, NoiseController, convert, freeze
-from ..quantizer import Quantizer
+from anacuda import ste
+from anacuda.nn import AlphaController, NoiseController, convert, freeze
+from anacuda.quantizer import Quantizer
 
 #: σ0 of the CVPR 2022 design: nearly all of the noise's mass within ±0.5 (half a step).
 SIGMA0 = {"uniform": 0.5, "triangular": 0.5, "normal": 0.25511, "logistic": 0.13648}
@@ -201,7 +201,7 @@ def build_quantised(cfg: RunConfig, float_model: nn.Module):
                         weight_eps=cfg.weight_eps, activation_eps=activation_eps(cfg.abits), skip=FLOAT_LAYERS)
         # The 2019 recipe: σ decays linearly from 0.5 to 0, one group after the other (input
         # side first), each over its slice of the training time; μ stays 0.
-        from ..nn import auto_groups
+        from anacuda.nn import auto_groups
 
         groups = auto_groups(model)
         L = len(groups)
@@ -229,16 +229,16 @@ def build_quantised(cfg: RunConfig, float_model: nn.Module):
 
 def first_sigma(model: nn.Module) -> Optional[float]:
     """σ of the first ANA module (the first layer group), or None."""
-    from ..nn import quantised_modules
-    from ..nn.activation import NoiseHyperParams
+    from anacuda.nn import quantised_modules
+    from anacuda.nn.activation import NoiseHyperParams
 
     mods = quantised_modules(model, (NoiseHyperParams,))
     return float(mods[0][1].sigma) if mods else None
 
 
 def first_alpha(model: nn.Module) -> Optional[float]:
-    from ..nn import quantised_modules
-    from ..nn.layers import AlphaBlendWeight
+    from anacuda.nn import quantised_modules
+    from anacuda.nn.layers import AlphaBlendWeight
 
     mods = quantised_modules(model, (AlphaBlendWeight,))
     return float(mods[0][1].alpha) if mods else None

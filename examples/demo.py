@@ -1,7 +1,7 @@
 """`make demo`: train a ternary CNN on scikit-learn's 8x8 digits with Additive Noise Annealing.
 
-python3 -m anacuda.demo [--noise uniform] [--strategy mode] [--schedule bws] [--window overlapped]
-                        [--bits 2] [--epochs 15] [--device cpu|cuda] [--seed 0] [--quick]
+python3 -m examples.demo [--noise uniform] [--strategy mode] [--schedule bws] [--window overlapped]
+                         [--bits 2] [--epochs 15] [--device cpu|cuda] [--seed 0] [--quick]
 
 1. Trains a small float CNN (conv-BN-ReLU x 3, max-pooling, a linear classifier) on the
    digits (1797 real images shipped with scikit-learn; a fixed stratified split, 2/3 train).
@@ -25,8 +25,8 @@ import torch
 
 import anacuda
 from anacuda import NOISES, STRATEGIES
-from anacuda.experiments import core as C
 from anacuda.nn.controller import POWERS, SCHEDULES, WINDOWS
+from references.experiments import core as C
 
 
 def parse_bits(text: str):
@@ -44,7 +44,7 @@ def parse_bits(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m anacuda.demo", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python3 -m examples.demo", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--noise", choices=NOISES, default="uniform", help="the ANA noise law")
     p.add_argument("--strategy", choices=STRATEGIES, default="mode", help="the ANA forward strategy")
@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.epochs, args.width = min(args.epochs, 2), min(args.width, 8)
     if args.device.startswith("cuda") and not anacuda.cuda_available():
-        raise SystemExit("anacuda.demo: --device cuda needs the CUDA kernels and a GPU "
+        raise SystemExit("examples.demo: --device cuda needs the CUDA kernels and a GPU "
                          f"(build info: {anacuda.build_info()})")
     if args.threads and dev_type(args.device) == "cpu":
         torch.set_num_threads(args.threads)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import itertools
 from typing import Dict, List
 
-from ..nn.controller import POWERS, WINDOWS
-from ..quantizer import NOISES, STRATEGIES
+from anacuda.nn.controller import POWERS, WINDOWS
+from anacuda.quantizer import NOISES, STRATEGIES
 from .core import RunConfig
 
 #: Per grid: seeds, epochs, width, and which factors it crosses.

@@ -1,4 +1,5 @@
-"""python3 -m anacuda.experiments: run a grid (resumably, in parallel) and write its report."""
+"""python3 -m references.experiments (from the repository root): run a grid (resumably, in
+parallel) and write its report."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .grid import FAMILIES, GRIDS, family, make_grid
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python3 -m anacuda.experiments",
+        prog="python3 -m references.experiments",
         description="The CVPR 2022 ANA design of experiments in miniature (8x8 digits), the STE baselines and "
                     "alpha-blending vs the clipped STE. Writes results.csv (one row per run; resumable), report.md "
                     "and PNG figures to --out.",
@@ -63,7 +64,7 @@ def main(argv=None) -> dict:
 
         device = args.device or ("cuda" if anacuda.cuda_available() else "cpu")
         if device.startswith("cuda") and not anacuda.cuda_available():
-            raise SystemExit("anacuda.experiments: --device cuda needs the CUDA kernels and a GPU")
+            raise SystemExit("references.experiments: --device cuda needs the CUDA kernels and a GPU")
         if args.limit is not None:
             done = done_keys(os.path.join(out, "results.csv"))
             configs = [c for c in configs if c.key() in done] + [c for c in configs if c.key() not in done][:args.limit]
@@ -71,7 +72,8 @@ def main(argv=None) -> dict:
         result.update(run_grid(configs, out, device=device, workers=args.workers, split_seed=args.split_seed,
                                threads=args.threads, progress=not args.no_progress))
         result["wall_seconds"] = time.perf_counter() - t0
-    from .analysis import plot_schedules, write_report
+    from .figures import plot_schedules
+    from .report import write_report
 
     epochs = configs[0].epochs if configs else 10
     if not args.no_figures:
