@@ -15,13 +15,14 @@ at::Tensor ana(const at::Tensor& x, const at::Tensor& levels, const at::Tensor& 
                const at::Tensor& eps, c10::string_view noise, const at::Tensor& mu, const at::Tensor& sigma,
                c10::string_view strategy, bool training, const std::optional<at::Tensor>& seed,
                c10::string_view noise_b, const at::Tensor& mu_b, const at::Tensor& sigma_b) {
-  const MemoryOrder order = memory_order(x);
+  const MemoryOrder layout = memory_order(x);
+  MemoryOrder order = layout;
   const AnaCall call = forward_call(x, order, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy,
                                     training, seed, noise_b, mu_b, sigma_b);
   const c10::OptionalDeviceGuard guard(x.device());
   at::Tensor y = order.empty(x, x.scalar_type());
   if (x.numel() > 0) kernels_for(x.device()).ana(call, order.contiguous(x), order.view(y));
-  return y;
+  return y.contiguous(layout.format);  // y itself, but for the random strategy on a channels_last input
 }
 
 at::Tensor ana_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& levels,
@@ -77,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor> ana_coded(const at::Tensor& x, const at::Tens
                                              c10::string_view strategy, bool training,
                                              const std::optional<at::Tensor>& seed, c10::string_view noise_b,
                                              const at::Tensor& mu_b, const at::Tensor& sigma_b) {
-  const MemoryOrder order = memory_order(x);
+  const MemoryOrder layout = memory_order(x);
+  MemoryOrder order = layout;
   const AnaCall call = forward_call(x, order, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy,
                                     training, seed, noise_b, mu_b, sigma_b);
   TORCH_CHECK(call.noise_b.kind == NoiseKind::Uniform, "anacuda: _ana_coded needs a uniform backward noise, got '",
@@ -93,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> ana_coded(const at::Tensor& x, const at::Tens
       k.ana_code(call, xm, cm);
     }
   }
-  return {y, code};
+  return {y.contiguous(layout.format), code.contiguous(layout.format)};  // as ana
 }
 
 void register_ops(torch::Library& m) {

@@ -209,8 +209,10 @@ inline void check_code(const at::Tensor& grad, const at::Tensor& code, const at:
 // The arguments of a forward op (ana, _ana_coded), in the order errors are reported: the input,
 // the forward noise ahead of the backward one (which defaults to it, so that an error names the
 // argument the user gave; the backward noise rides along for autograd and is checked here, so
-// that a bad one fails at the forward call), then the quantiser, eps and the seed.
-inline AnaCall forward_call(const at::Tensor& x, const MemoryOrder& order, const at::Tensor& levels,
+// that a bad one fails at the forward call), then the quantiser, eps and the seed. `order`: x's
+// memory order, which becomes the order to compute in: row-major for the random strategy, whose
+// noise is keyed by the element's index (SPEC §7), whatever the layout.
+inline AnaCall forward_call(const at::Tensor& x, MemoryOrder& order, const at::Tensor& levels,
                             const at::Tensor& thresholds, bool uniform_grid, const at::Tensor& eps,
                             std::string_view noise, const at::Tensor& mu, const at::Tensor& sigma,
                             std::string_view strategy, bool training, const std::optional<at::Tensor>& seed,
@@ -223,6 +225,7 @@ inline AnaCall forward_call(const at::Tensor& x, const MemoryOrder& order, const
   c.noise_b = noise_arg(parse_noise(noise_b), mu_b, sigma_b, x, true);
   c.training = training;
   c.grid = grid_arg(levels, thresholds, uniform_grid, x);
+  if (c.strategy == Strategy::Random && training) order = MemoryOrder{};
   c.eps = eps_arg(eps, x, order);
   if (c.strategy == Strategy::Random && training) c.seed = seed_arg(seed, x);
   return c;
