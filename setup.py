@@ -119,7 +119,7 @@ if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
     os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # no GPU to ask: Ampere and Hopper
 
 torch_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-sources = ["csrc/anacuda.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+sources = ["csrc/anacuda.cpp"] + sorted(glob.glob("csrc/ops/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 # No contraction of a * b + c into FMA: the AVX2 build of the CPU kernels (csrc/cpu/isa_avx2.cpp)
 # rounds as the baseline build and the CUDA kernels do. No trapping maths (nothing unmasks the
 # floating-point exceptions): lets the compiler vectorise `isnan(a) ? a : e * v` as a select.

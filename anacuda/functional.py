@@ -1,4 +1,4 @@
-"""User-facing functions, like torch.nn.functional. The semantics are SPEC.md's; the
+"""User-facing functions, like torch.nn.functional. The semantics are docs/semantics.md's; the
 executable form of it is anacuda.reference, with the same signatures."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def ana(
     args = (x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, training, seed,
             back.name, back.mu, back.sigma)
     if x.requires_grad and torch.is_grad_enabled() and ops.uses_code(back.name, thresholds):
-        return torch.ops.anacuda.ana_coded(*args)[0]  # the backward's 1-byte code from the same pass
+        return torch.ops.anacuda._ana_coded(*args)[0]  # the backward's 1-byte code from the same pass
     return torch.ops.anacuda.ana(*args)
 
 

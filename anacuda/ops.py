@@ -1,17 +1,22 @@
 """The thin layer over torch.ops.anacuda: fake (meta) implementations and autograd.
 
-Schemas live in csrc/anacuda.cpp, kernels in csrc/cpu and csrc/cuda. Every op returns a new
-contiguous tensor of its input's shape and dtype.
+Schemas live in csrc/anacuda.cpp, the host entries in csrc/ops, kernels in csrc/cpu and
+csrc/cuda. Helper ops carry a leading underscore, as torchvision's do. Every op returns a new
+tensor of its input's shape and dtype in the input's memory format (contiguous, channels_last or
+channels_last_3d, as ``suggest_memory_format`` says; csrc/ops/memory_order.h).
 """
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 _FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def _fresh_like(x: torch.Tensor) -> torch.Tensor:
-    torch._check(x.dtype in _FLOATS, lambda: f"anacuda: input must be a floating tensor, got {x.dtype}")
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _fresh_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
+    """An output of x's shape (and dtype, unless given) in x's memory format, as the kernels give."""
+    torch._check(x.dtype in _FLOATS or dtype is not None,
+                 lambda: f"anacuda: input must be a floating tensor, got {x.dtype}")
+    return torch.empty_like(x, dtype=dtype, memory_format=suggest_memory_format(x))
 
 
 def _check_devices(x: torch.Tensor, tables=(), **params) -> None:
@@ -36,42 +41,38 @@ def _ana_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strate
     return _fresh_like(x)
 
 
-@torch.library.register_fake("anacuda::ana_backward")
+@torch.library.register_fake("anacuda::_ana_backward")
 def _ana_backward_fake(grad, x, levels, thresholds, uniform_grid, eps, noise_b, mu_b, sigma_b):
     _check_devices(x, (levels, thresholds, grad), eps=eps, **{"backward mu": mu_b, "backward sigma": sigma_b})
     return _fresh_like(x)
 
 
-@torch.library.register_fake("anacuda::ana_code")
+@torch.library.register_fake("anacuda::_ana_code")
 def _ana_code_fake(x, levels, thresholds, eps, mu_b, sigma_b):
     _check_devices(x, (levels, thresholds), eps=eps, **{"backward mu": mu_b, "backward sigma": sigma_b})
-    return torch.empty_like(x, dtype=torch.uint8, memory_format=torch.contiguous_format)
+    return _fresh_like(x, torch.uint8)
 
 
-@torch.library.register_fake("anacuda::ana_backward_code")
+@torch.library.register_fake("anacuda::_ana_backward_code")
 def _ana_backward_code_fake(grad, code, levels, sigma_b):
     _check_devices(grad, (levels, code), **{"backward sigma": sigma_b})
-    return _fresh_like(grad)
+    return _fresh_like(code, grad.dtype)  # the code has the input's layout
 
 
 #: A uniform backward noise on a quantiser of at most this many thresholds saves a 1-byte code
-#: per element for the backward instead of the input (see csrc/common/functors.h).
+#: per element for the backward instead of the input (see csrc/common/box_code.h).
 CODE_MAX_THRESHOLDS = 15
 
 
 def uses_code(noise_b: str, thresholds: torch.Tensor) -> bool:
-    """Whether the backward needs only the 1-byte code (ana_code / ana_coded) instead of x."""
+    """Whether the backward needs only the 1-byte code (_ana_coded) instead of x."""
     return noise_b == "uniform" and thresholds.numel() <= CODE_MAX_THRESHOLDS
 
 
+# ana saves its input; the coded backward is _ana_coded's (functional.ana chooses between them).
 def _ana_setup_context(ctx, inputs, output):
     x, levels, thresholds, uniform_grid, eps, _n, _mu, _sigma, _st, _tr, _seed, noise_b, mu_b, sigma_b = inputs
-    ctx.coded = uses_code(noise_b, thresholds)
-    if ctx.coded:
-        code = torch.ops.anacuda.ana_code(x, levels, thresholds, eps, mu_b, sigma_b)
-        ctx.save_for_backward(code, levels, sigma_b)
-    else:
-        ctx.save_for_backward(x, levels, thresholds, eps, mu_b, sigma_b)
+    ctx.save_for_backward(x, levels, thresholds, eps, mu_b, sigma_b)
     ctx.uniform_grid = uniform_grid
     ctx.noise_b = noise_b
 
@@ -79,26 +80,22 @@ def _ana_setup_context(ctx, inputs, output):
 def _ana_backward(ctx, grad):
     if not ctx.needs_input_grad[0]:
         return (None,) * 14
-    if ctx.coded:
-        code, levels, sigma_b = ctx.saved_tensors
-        gx = torch.ops.anacuda.ana_backward_code(grad, code, levels, sigma_b)
-    else:
-        x, levels, thresholds, eps, mu_b, sigma_b = ctx.saved_tensors
-        gx = torch.ops.anacuda.ana_backward(grad, x, levels, thresholds, ctx.uniform_grid, eps, ctx.noise_b, mu_b,
-                                            sigma_b)
+    x, levels, thresholds, eps, mu_b, sigma_b = ctx.saved_tensors
+    gx = torch.ops.anacuda._ana_backward(grad, x, levels, thresholds, ctx.uniform_grid, eps, ctx.noise_b, mu_b,
+                                         sigma_b)
     return (gx,) + (None,) * 13
 
 
 torch.library.register_autograd("anacuda::ana", _ana_backward, setup_context=_ana_setup_context)
 
 
-# --- ana_coded: the forward and the backward's code in one pass ---------------------------------
-@torch.library.register_fake("anacuda::ana_coded")
+# --- _ana_coded: the forward and the backward's code in one pass --------------------------------
+@torch.library.register_fake("anacuda::_ana_coded")
 def _ana_coded_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed,
                     noise_b, mu_b, sigma_b):
     y = _ana_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed, noise_b, mu_b,
                   sigma_b)
-    return y, torch.empty_like(x, dtype=torch.uint8, memory_format=torch.contiguous_format)
+    return y, _fresh_like(x, torch.uint8)
 
 
 def _ana_coded_setup_context(ctx, inputs, output):
@@ -111,10 +108,10 @@ def _ana_coded_backward(ctx, grad, _grad_code):
     if not ctx.needs_input_grad[0]:
         return (None,) * 14
     code, levels, sigma_b = ctx.saved_tensors
-    return (torch.ops.anacuda.ana_backward_code(grad, code, levels, sigma_b),) + (None,) * 13
+    return (torch.ops.anacuda._ana_backward_code(grad, code, levels, sigma_b),) + (None,) * 13
 
 
-torch.library.register_autograd("anacuda::ana_coded", _ana_coded_backward, setup_context=_ana_coded_setup_context)
+torch.library.register_autograd("anacuda::_ana_coded", _ana_coded_backward, setup_context=_ana_coded_setup_context)
 
 
 # --- alpha_blend ------------------------------------------------------------------------------

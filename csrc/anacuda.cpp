@@ -1,9 +1,12 @@
-// Every op schema of anacuda, in one place. Kernels: cpu/<name>.cpp and cuda/<name>.cu.
-// Fakes and autograd: anacuda/ops.py. Semantics: SPEC.md and anacuda/reference.py.
+// Every op schema of anacuda, in one place. Host entries: ops/<name>.cpp (one for every device),
+// their kernels: cpu/ and cuda/. Fakes and autograd: anacuda/ops.py. Semantics: docs/semantics.md
+// (SPEC §n) and anacuda/reference.py. Helper ops carry a leading underscore, as torchvision's do.
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/kernels.h"
+#include <string>
+
+#include "cpu/kernel_table.h"
 
 TORCH_LIBRARY(anacuda, m) {
   // --- ANA (SPEC §4, §5) ---------------------------------------------------------------
@@ -18,17 +21,17 @@ TORCH_LIBRARY(anacuda, m) {
       "str noise_b, Tensor mu_b, Tensor sigma_b) -> Tensor");
   // grad_x = grad * sum_t dq_t * f_b(x / eps - mu_b - theta_t)
   m.def(
-      "ana_backward(Tensor grad, Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, "
+      "_ana_backward(Tensor grad, Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, "
       "Tensor eps, str noise_b, Tensor mu_b, Tensor sigma_b) -> Tensor");
   // A uniform backward noise on a quantiser of K <= 15 thresholds: the backward needs only a
   // 1-byte code per element (which thresholds' boxes hold x / eps - mu_b), saved in place of x.
   m.def(
-      "ana_code(Tensor x, Tensor levels, Tensor thresholds, Tensor eps, Tensor mu_b, Tensor sigma_b) -> Tensor");
-  m.def("ana_backward_code(Tensor grad, Tensor code, Tensor levels, Tensor sigma_b) -> Tensor");
-  // ana and ana_code in one pass over x, (y, code): the forward autograd runs when x needs a
+      "_ana_code(Tensor x, Tensor levels, Tensor thresholds, Tensor eps, Tensor mu_b, Tensor sigma_b) -> Tensor");
+  m.def("_ana_backward_code(Tensor grad, Tensor code, Tensor levels, Tensor sigma_b) -> Tensor");
+  // ana and _ana_code in one pass over x, (y, code): the forward autograd runs when x needs a
   // gradient and the backward noise is uniform on K <= 15 thresholds (anacuda/functional.py).
   m.def(
-      "ana_coded(Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, Tensor eps, "
+      "_ana_coded(Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, Tensor eps, "
       "str noise, Tensor mu, Tensor sigma, str strategy, bool training, Tensor? seed, "
       "str noise_b, Tensor mu_b, Tensor sigma_b) -> (Tensor, Tensor)");
 
@@ -41,7 +44,8 @@ TORCH_LIBRARY(anacuda, m) {
 }
 
 // `import anacuda._C` loads the library (and so the registrations above). The module also
-// reports how it was built.
+// reports how it was built, and holds the switch of the CPU path (kernel_table.h; use it
+// through anacuda._testing).
 namespace {
 
 #ifndef ANACUDA_WITH_CUDA
@@ -52,9 +56,23 @@ PyObject* with_cuda(PyObject*, PyObject*) { return PyBool_FromLong(ANACUDA_WITH_
 
 PyObject* cpu_kernels(PyObject*, PyObject*) { return PyUnicode_FromString(anacuda::cpu_kernels().name); }
 
+PyObject* cpu_path(PyObject*, PyObject*) { return PyUnicode_FromString(anacuda::cpu_path().c_str()); }
+
+PyObject* set_cpu_path(PyObject*, PyObject* arg) {
+  const char* path = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : nullptr;
+  if (path == nullptr || (std::string(path) != "fast" && std::string(path) != "functors")) {
+    PyErr_SetString(PyExc_ValueError, "anacuda: the CPU path is 'fast' or 'functors'");
+    return nullptr;
+  }
+  anacuda::set_cpu_path(path);
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels are compiled in."},
     {"cpu_kernels", cpu_kernels, METH_NOARGS, "The build of the CPU kernels in use: AVX2 or DEFAULT."},
+    {"_cpu_path", cpu_path, METH_NOARGS, "The CPU path: 'fast' or 'functors' (the GPU's code)."},
+    {"_set_cpu_path", set_cpu_path, METH_O, "Sets the CPU path: 'fast' or 'functors' (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

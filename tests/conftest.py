@@ -57,6 +57,26 @@ def device(request):
     return request.param
 
 
+# --- CPU paths ---------------------------------------------------------------------------------
+#: The CPU kernels' two paths (anacuda._testing): their own fast loops, and the GPU's code (the
+#: functors of csrc/common in the CUDA loop's index arithmetic).
+import anacuda._testing as _testing  # noqa: E402
+
+CPU_PATHS = list(_testing.CPU_PATHS)
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu_path(request):
+    """Runs a test once per CPU path (`pytestmark = pytest.mark.usefixtures("cpu_path")`), so
+    that the op suite checks the GPU's code on every machine. A test on the "cuda" device runs
+    once: the path is the CPU's."""
+    callspec = getattr(request.node, "callspec", None)
+    if request.param != "fast" and callspec is not None and callspec.params.get("device") == "cuda":
+        pytest.skip("the CPU path does not apply on CUDA (the fast copy of this test runs it)")
+    with _testing.use_cpu_path(request.param):
+        yield request.param
+
+
 # --- dtypes and tolerances -----------------------------------------------------------------------
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 HALF = (torch.float16, torch.bfloat16)

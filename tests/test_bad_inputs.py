@@ -66,7 +66,7 @@ def op_ana(x=None, levels=None, thresholds=None, uniform_grid=True, eps=None, no
 
 
 def op_code_backward(code, levels, grad=None, sigma_b=None):
-    return ops.ana_backward_code(x4() if grad is None else grad, code, levels, f64(0.5) if sigma_b is None else sigma_b)
+    return ops._ana_backward_code(x4() if grad is None else grad, code, levels, f64(0.5) if sigma_b is None else sigma_b)
 
 
 # --- the table ---------------------------------------------------------------------------------------
@@ -246,14 +246,14 @@ CASES = [
          RuntimeError, "levels and thresholds must be Float for a Half input"),
     case("op.ana-noise-b-unknown", lambda: op_ana(noise_b="box"), RuntimeError, "unknown noise 'box'"),
     case("op.ana_backward-grad-dtype",
-         lambda: ops.ana_backward(x4(torch.float64), x4(), *tables(), True, f64(1.0), "normal", f64(0.0), f64(0.5)),
+         lambda: ops._ana_backward(x4(torch.float64), x4(), *tables(), True, f64(1.0), "normal", f64(0.0), f64(0.5)),
          RuntimeError, "the gradient must have the input's shape, dtype and device"),
     case("op.ana_backward-x-int",
-         lambda: ops.ana_backward(torch.ones(4, dtype=torch.int32), torch.ones(4, dtype=torch.int32), *tables(), True,
+         lambda: ops._ana_backward(torch.ones(4, dtype=torch.int32), torch.ones(4, dtype=torch.int32), *tables(), True,
                                   f64(1.0), "normal", f64(0.0), f64(0.5)),
          RuntimeError, "input must be float64, float32, float16 or bfloat16, got Int"),
     case("op.ana_code-x-int",
-         lambda: ops.ana_code(torch.ones(4, dtype=torch.int32), *tables(), f64(1.0), f64(0.0), f64(0.5)),
+         lambda: ops._ana_code(torch.ones(4, dtype=torch.int32), *tables(), f64(1.0), f64(0.0), f64(0.5)),
          RuntimeError, "input must be float64, float32, float16 or bfloat16, got Int"),
     case("op.ana_backward_code-17-levels", lambda: op_code_backward(torch.zeros(4, dtype=torch.uint8), torch.zeros(17)),
          RuntimeError, "a coded backward needs 2 to 16 levels, got 17"),
@@ -263,11 +263,11 @@ CASES = [
     case("op.ana_backward_code-code-shape", lambda: op_code_backward(torch.zeros(5, dtype=torch.uint8), tables()[0]),
          RuntimeError, "the code must be a uint8 tensor of the gradient's shape and device"),
     case("op.ana_coded-normal-backward-noise",
-         lambda: ops.ana_coded(x4(), *tables(), True, f64(1.0), "normal", f64(0.0), f64(0.5), "mode", True, None,
+         lambda: ops._ana_coded(x4(), *tables(), True, f64(1.0), "normal", f64(0.0), f64(0.5), "mode", True, None,
                                "normal", f64(0.0), f64(0.5)),
          RuntimeError, "ana_coded needs a uniform backward noise, got 'normal'"),
     case("op.ana_coded-16-thresholds",
-         lambda: ops.ana_coded(x4(), *tables(Q.uniform(5)), True, f64(1.0), "uniform", f64(0.0), f64(0.5), "mode", True,
+         lambda: ops._ana_coded(x4(), *tables(Q.uniform(5)), True, f64(1.0), "uniform", f64(0.0), f64(0.5), "mode", True,
                                None, "uniform", f64(0.0), f64(0.5)),
          RuntimeError, "a coded backward needs at most 15 thresholds, got 31"),
     case("op.alpha_blend-alpha-two-elements", lambda: ops.alpha_blend(x4(), *tables(), True, f64(1.0), f64([0.1, 0.2])),
@@ -461,4 +461,4 @@ def test_bad_inputs():
     with pytest.raises(RuntimeError, match="backward sigma must be >= 0"):
         ana(x, lv, th, False, one, "normal", f64(0), f64(1), "mode", True, None, "normal", f64(0), f64(-1))
     with pytest.raises(RuntimeError, match="the gradient must have the input's shape"):
-        torch.ops.anacuda.ana_backward(torch.ones(5), x, lv, th, False, one, "normal", f64(0), f64(1))
+        torch.ops.anacuda._ana_backward(torch.ones(5), x, lv, th, False, one, "normal", f64(0), f64(1))

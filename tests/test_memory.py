@@ -54,7 +54,7 @@ def test_coded_gradient_equals_reference(device, dtype, sigma):
     # bit for bit the uncoded backward kernel ...
     lv, th = q.tables(x.device, x.dtype)
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-    full = torch.ops.anacuda.ana_backward(g, x.detach(), lv, th, q.uniform_grid, t(0.7), "uniform", t(-0.2), t(sigma))
+    full = torch.ops.anacuda._ana_backward(g, x.detach(), lv, th, q.uniform_grid, t(0.7), "uniform", t(-0.2), t(sigma))
     torch.testing.assert_close(gx, full, rtol=0, atol=0, equal_nan=True)
     # ... and the reference up to the rounding of 1/sigma
     xr = x.detach().clone().requires_grad_()
@@ -69,10 +69,10 @@ def test_opcheck_code_ops():
     x = torch.randn(6, 7).t()
     lv, th = q.tables(x.device, x.dtype)
     args = (x, lv, th, torch.tensor(0.5), torch.tensor(0.1), torch.tensor(0.5))
-    torch.library.opcheck(torch.ops.anacuda.ana_code, args)
-    code = torch.ops.anacuda.ana_code(*args)
+    torch.library.opcheck(torch.ops.anacuda._ana_code, args)
+    code = torch.ops.anacuda._ana_code(*args)
     assert code.dtype == torch.uint8 and code.shape == x.shape
-    torch.library.opcheck(torch.ops.anacuda.ana_backward_code, (torch.randn(7, 6), code, lv, torch.tensor(0.5)))
+    torch.library.opcheck(torch.ops.anacuda._ana_backward_code, (torch.randn(7, 6), code, lv, torch.tensor(0.5)))
 
 
 def test_code_op_rejects_large_grids_and_bad_codes():
@@ -80,7 +80,7 @@ def test_code_op_rejects_large_grids_and_bad_codes():
     x = torch.randn(8)
     lv, th = q.tables(x.device, x.dtype)
     with pytest.raises(RuntimeError, match="at most 15 thresholds"):
-        torch.ops.anacuda.ana_code(x, lv, th, torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.5))
+        torch.ops.anacuda._ana_code(x, lv, th, torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.5))
     lv3, _ = Quantizer.ternary().tables(x.device, x.dtype)
     with pytest.raises(RuntimeError, match="uint8 tensor of the gradient's shape"):
-        torch.ops.anacuda.ana_backward_code(x, torch.zeros(8, dtype=torch.int32), lv3, torch.tensor(0.5))
+        torch.ops.anacuda._ana_backward_code(x, torch.zeros(8, dtype=torch.int32), lv3, torch.tensor(0.5))

@@ -36,7 +36,7 @@ from conftest import (
     span,
 )
 
-pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread", "cpu_path")  # every test on both CPU paths
 
 
 def test_quantizer_grids():
@@ -336,7 +336,7 @@ def test_coded_backward_equals_uncoded(device, dtype):
                     (gx,) = torch.autograd.grad(y, x, g)
                     f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
                     et = eps if isinstance(eps, torch.Tensor) else f64(eps)
-                    direct = torch.ops.anacuda.ana_backward(g, x.detach(), lv, th, q.uniform_grid, et, "uniform",
+                    direct = torch.ops.anacuda._ana_backward(g, x.detach(), lv, th, q.uniform_grid, et, "uniform",
                                                             f64(mu_b), f64(sigma_b))
                     assert_equal(gx, direct, msg=f"{qname} sigma_b={sigma_b} mu_b={mu_b} coded={coded}")
                     (gr,) = torch.autograd.grad(R.ana(x, q, **kw), x, g)

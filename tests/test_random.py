@@ -26,7 +26,7 @@ from conftest import (
     scale_of,
 )
 
-pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread", "cpu_path")  # every test on both CPU paths
 
 
 # --- random strategy -----------------------------------------------------------------------------

@@ -63,13 +63,13 @@ def test_opcheck(device, strategy, contiguous):
                 torch.library.opcheck(torch.ops.anacuda.ana.default, args)
             # the forward and the code in one pass (what functional.ana runs when x needs a gradient)
             args = op_args(x, q, "uniform", 0.1, 0.5, strategy, training, eps, seed)
-            torch.library.opcheck(torch.ops.anacuda.ana_coded.default, args)
+            torch.library.opcheck(torch.ops.anacuda._ana_coded.default, args)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(device)
     g = g if contiguous else g.t().contiguous().t()
     lv, th = q.tables(x.device, x.dtype)
     f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     bargs = (g, x.detach(), lv, th, q.uniform_grid, f64(0.75), "logistic", f64(0.1), f64(0.5))
-    torch.library.opcheck(torch.ops.anacuda.ana_backward.default, bargs)
+    torch.library.opcheck(torch.ops.anacuda._ana_backward.default, bargs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -92,9 +92,9 @@ def test_ana_coded_is_ana_and_ana_code(device, dtype):
             seed = torch.tensor([5, 6]) if strategy == "random" else None
             args = (x, lv, th, q.uniform_grid, eps, noise, f64(0.0), f64(0.6), strategy, True, seed, "uniform",
                     f64(mu_b), f64(0.5))
-            y, code = torch.ops.anacuda.ana_coded(*args)
+            y, code = torch.ops.anacuda._ana_coded(*args)
             assert_equal(y, torch.ops.anacuda.ana(*args))
-            assert torch.equal(code, torch.ops.anacuda.ana_code(x, lv, th, eps, f64(mu_b), f64(0.5)))
+            assert torch.equal(code, torch.ops.anacuda._ana_code(x, lv, th, eps, f64(mu_b), f64(0.5)))
 
 
 def test_functional_calls_the_op_with_these_arguments():

@@ -179,7 +179,7 @@ def test_more_than_2_31_elements_cpu(request):
     check(y, emulated_random(xs, q8, "uniform", 0.1, 1.6, es, idx.numpy(), seed, stream), True, "random")
     del y
     lv, th = q3.tables(x.device, x.dtype)
-    gx = ops.ana_backward(x, x, lv, th, q3.uniform_grid, eps, "uniform", f64(0.1), f64(0.6))  # grad = x
+    gx = ops._ana_backward(x, x, lv, th, q3.uniform_grid, eps, "uniform", f64(0.1), f64(0.6))  # grad = x
     xr = xs.detach().requires_grad_(True)
     (ref,) = torch.autograd.grad(R.ana(xr, q3, "uniform", 0.1, 0.6, "expectation", eps=es), xr, xs)
     check(gx, ref, False, "backward")
@@ -448,7 +448,7 @@ _PEAK_CASES = [
     pytest.param(lambda x: F.ana(x, Q.uniform(8), "logistic", 0.1, 0.6, "mode"), id="mode-windowed"),
     pytest.param(lambda x: F.ana(x, Q.uniform(8), "normal", 0.1, 0.6, "random"), id="random-windowed"),
     pytest.param(lambda x: F.ana(x, Q.ternary(), "uniform", 0.1, 0.6, "random"), id="random-small-grid"),
-    pytest.param(lambda x: ops.ana_backward(x, x, *Q.uniform(8).tables(x.device, x.dtype), True, f64(1.0), "normal",
+    pytest.param(lambda x: ops._ana_backward(x, x, *Q.uniform(8).tables(x.device, x.dtype), True, f64(1.0), "normal",
                                             f64(0.1), f64(0.6)), id="backward"),
     pytest.param(lambda x: F.alpha_blend(x, Q.uniform(8), 0.3, 0.5), id="alpha_blend"),
 ]

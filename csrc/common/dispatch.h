@@ -1,33 +1,18 @@
-// Compile-time dispatch: the dtype list (one place), the noise laws and the strategies.
+// Compile-time dispatch: the dtype list (one place), the noise laws and the strategies (their
+// names are parsed with the other checks, in ops/host_args.h).
 #pragma once
 
 #include <ATen/Dispatch.h>
-#include <c10/util/Exception.h>
-#include <string_view>
 #include <type_traits>
 
 #include "noise.h"
 
-// Every op supports exactly these input dtypes; half types compute in float (SPEC §7).
+// Every op supports exactly these input dtypes; half types compute in float (SPEC §7,
+// docs/semantics.md).
 #define ANACUDA_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 namespace anacuda {
-
-inline NoiseKind parse_noise(std::string_view s) {
-  if (s == "uniform") return NoiseKind::Uniform;
-  if (s == "triangular") return NoiseKind::Triangular;
-  if (s == "normal") return NoiseKind::Normal;
-  if (s == "logistic") return NoiseKind::Logistic;
-  TORCH_CHECK(false, "anacuda: unknown noise '", s, "'; expected uniform, triangular, normal or logistic");
-}
-
-inline Strategy parse_strategy(std::string_view s) {
-  if (s == "expectation") return Strategy::Expectation;
-  if (s == "mode") return Strategy::Mode;
-  if (s == "random") return Strategy::Random;
-  TORCH_CHECK(false, "anacuda: unknown strategy '", s, "'; expected expectation, mode or random");
-}
 
 template <NoiseKind N> using NoiseTag = std::integral_constant<NoiseKind, N>;
 template <Strategy S> using StrategyTag = std::integral_constant<Strategy, S>;

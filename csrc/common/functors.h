@@ -1,11 +1,13 @@
-// The per-element ops as functors, run unchanged by the CPU loops (cpu/loops.h) and the CUDA
-// kernels (cuda/loops.cuh). init() runs once per thread (on the GPU it reads hyper-parameters
-// that live in device memory; an invalid one there turns the output into NaN, SPEC §7).
+// The per-element ops as functors, run unchanged by the CUDA kernels (cuda/loops.cuh) and by the
+// CPU's functor path (cpu/loops.h, the same loop through common/elementwise.h). init() runs
+// once per thread (on the GPU it reads hyper-parameters that live in device memory; an invalid
+// one there turns the output into NaN, SPEC §7). operator()(i, x, word) is element i.
 #pragma once
 
 #include <limits>
 
-#include "args.h"
+#include "box_code.h"
+#include "params.h"
 
 namespace anacuda {
 
@@ -29,15 +31,17 @@ template <NoiseKind N, Strategy S, typename T> struct AnaForward {
     seed = kRandom ? static_cast<uint64_t>(p.seed.get()) : 0;
     stream = kRandom ? static_cast<uint64_t>(p.stream.get()) : 0;
   }
-  C10_HOST_DEVICE inline T operator()(int64_t i, T x, uint32_t word) const {
-    const T e = p.eps.at(i);
+  // x's output at scale e (`word`: its Philox word, random strategy only).
+  C10_HOST_DEVICE inline T value(T x, T e, uint32_t word) const {
     if (!ok || !valid_eps(e)) return quiet_nan<T>();
     return e * ana_element<N, S>(p.grid, x / e, mu, sigma, smooth, word);
   }
+  C10_HOST_DEVICE inline T operator()(int64_t i, T x, uint32_t word) const { return value(x, p.eps.at(i), word); }
 };
 
 // grad_x = grad * g'(x / eps) with the backward noise, SPEC §5.
 template <NoiseKind N, typename T> struct AnaBackward {
+  static constexpr bool kRandom = false;
   AnaParams<T> p;
   T mu, sigma;
   bool ok;
@@ -55,28 +59,10 @@ template <NoiseKind N, typename T> struct AnaBackward {
   }
 };
 
-// The backward of a uniform backward noise needs only which boxes contain a: for K <= 15 the
-// thresholds [lo, hi) whose box theta - sigma <= a < theta + sigma holds a, as one byte
-// lo << 4 | hi (0xF0 marks NaN). Saving it instead of the input takes a quarter of the memory
-// (PyTorch's fake_quantize cachemask does the same for the clipped STE).
-constexpr int kCodeMaxK = 15;
-constexpr uint8_t kNaNCode = 0xF0;
-
-// A code describes the boxes of at most kCodeMaxK thresholds (ana_code, ana_coded) of a uniform
-// backward noise (ana_coded, which is told the noise).
-inline void check_code_thresholds(const at::Tensor& thresholds) {
-  TORCH_CHECK(thresholds.numel() <= kCodeMaxK, "anacuda: a coded backward needs at most ", kCodeMaxK,
-              " thresholds, got ", thresholds.numel());
-}
-inline void check_coded(c10::string_view noise_b, const at::Tensor& thresholds) {
-  TORCH_CHECK(parse_noise(noise_b) == NoiseKind::Uniform, "anacuda: ana_coded needs a uniform backward noise, got '",
-              noise_b, "' (call ana)");
-  check_code_thresholds(thresholds);
-}
-
+// The 1-byte code of a uniform backward noise (box_code.h) of x.
 template <typename T> struct UniformBoxCode {
   static constexpr bool kRandom = false;
-  AnaParams<T> p;
+  AnaParams<T> p;  // the backward noise's mu and sigma
   T mu, sigma;
   bool ok;
   uint64_t seed = 0, stream = 0;
@@ -86,53 +72,62 @@ template <typename T> struct UniformBoxCode {
     sigma = p.sigma.get();
     ok = valid_noise(mu, sigma);
   }
-  C10_HOST_DEVICE inline uint8_t operator()(int64_t i, T x, uint32_t) const {
-    const T e = p.eps.at(i);
+  C10_HOST_DEVICE inline uint8_t code(T x, T e) const {
     const T a = x / e - mu;
-    if (!ok || !valid_eps(e) || a != a) return kNaNCode;
-    int lo = 0, hi = 0;
-    bool found = false;
-    if (sigma > T(0)) {
-      for (int t = 0; t < p.grid.K; ++t) {
-        if (a >= p.grid.theta[t] - sigma && a < p.grid.theta[t] + sigma) {  // as in stair_derivative
-          if (!found) lo = t;
-          found = true;
-          hi = t + 1;
-        }
-      }
+    int passed = 0, reached = 0;
+    for (int t = 0; t < p.grid.K; ++t) {
+      passed += box_passed(a, p.grid.theta[t], sigma);
+      reached += box_reached(a, p.grid.theta[t], sigma);
     }
-    return static_cast<uint8_t>(lo << 4 | hi);
+    return box_code(!ok || !valid_eps(e) || a != a, passed, reached);
   }
+  C10_HOST_DEVICE inline uint8_t operator()(int64_t i, T x, uint32_t) const { return code(x, p.eps.at(i)); }
 };
 
-// The codes UniformBoxCode writes: 0 (no box), kNaNCode, or lo << 4 | hi with lo < hi <= K.
-// Any other byte (only a direct call of ana_backward_code can pass one) gets a NaN gradient:
-// rejecting it would cost a reduction over the codes, on a GPU a synchronisation.
-C10_HOST_DEVICE inline bool valid_code(uint8_t code, int K) {
-  const int lo = code >> 4, hi = code & 15;
-  return code == 0 || code == kNaNCode || (lo < hi && hi <= K);
-}
-
-// grad_x from the code: the same sum, in the same order, as stair_derivative.
+// grad_x from the code.
 template <typename T> struct UniformBoxCodeBackward {
+  static constexpr bool kRandom = false;
   const T* q;
   int K;  // thresholds: levels - 1
-  Scalar<T> sigma_arg;
+  HostOrDevice<T> sigma_arg;
   T sigma;
 
   C10_HOST_DEVICE inline void init() { sigma = sigma_arg.get(); }
-  C10_HOST_DEVICE inline T operator()(int64_t, T g, uint8_t code) const {
-    if (!valid_code(code, K) || code == kNaNCode || !(sigma < std::numeric_limits<T>::infinity()))
-      return quiet_nan<T>();
-    if (!(sigma > T(0))) return g * T(0);
-    T d = T(0);
-    for (int t = code >> 4; t < (code & 15); ++t) d += (q[t + 1] - q[t]) * T(0.5);
-    return g * Standardize<T>(sigma)(d);
+  C10_HOST_DEVICE inline T operator()(int64_t, T g, uint8_t code) const { return g * code_derivative(q, K, code, sigma); }
+};
+
+// An output and its code, from one read of x.
+template <typename T> struct ValueAndCode {
+  T value;
+  uint8_t code;
+};
+
+// _ana_coded: the forward and the backward's code in one pass over x (one read of x and eps).
+template <NoiseKind N, Strategy S, typename T> struct AnaCoded {
+  static constexpr bool kRandom = S == Strategy::Random;
+  AnaForward<N, S, T> forward;
+  UniformBoxCode<T> backward_code;
+  uint64_t seed, stream;
+
+  C10_HOST_DEVICE inline void init() {
+    forward.init();
+    backward_code.init();
+    seed = forward.seed;
+    stream = forward.stream;
+  }
+  C10_HOST_DEVICE inline ValueAndCode<T> operator()(int64_t i, T x, uint32_t word) const {
+    const T e = forward.p.eps.at(i);
+    return {forward.value(x, e, word), backward_code.code(x, e)};
   }
 };
 
-// y = alpha * eps * Q(w / eps) + (1 - alpha) * w, SPEC §6 (the gradient, (1 - alpha) * grad,
-// needs no kernel of its own).
+// y = alpha * eps * level + (1 - alpha) * w for level = Q(w / eps) (NaN for a NaN w), SPEC §6;
+// the gradient, (1 - alpha) * grad, needs no kernel of its own.
+template <typename T> C10_HOST_DEVICE inline T blend(T w, T e, T level, T alpha) {
+  const T q = alpha * e * level;
+  return alpha < T(1) ? q + (T(1) - alpha) * w : q;  // at alpha = 1 an infinite w saturates
+}
+
 template <typename T> struct AlphaBlend {
   static constexpr bool kRandom = false;
   BlendParams<T> p;
@@ -148,8 +143,7 @@ template <typename T> struct AlphaBlend {
   C10_HOST_DEVICE inline T operator()(int64_t i, T w, uint32_t) const {
     const T e = p.eps.at(i);
     if (!ok || !valid_eps(e)) return quiet_nan<T>();
-    const T q = alpha * e * hard_stair(p.grid, w / e);
-    return alpha < T(1) ? q + (T(1) - alpha) * w : q;  // at alpha = 1 an infinite w saturates
+    return blend(w, e, hard_stair(p.grid, w / e), alpha);
   }
 };
 

@@ -1,15 +1,18 @@
-// The four noise laws of SPEC §3, in standardised form (v = z / sigma).
+// The four noise laws of SPEC §3 (docs/semantics.md), in standardised form (v = z / sigma).
 //
 // Each law provides, for the compute type T (float or double):
-//   cdf(v)     F(v)
+//   cdf(v)      F(v)
 //   centered(v) F(v) - 1/2, accurate near v = 0 (so a tiny |v| keeps its sign)
-//   pdf(v)     the density of the standardised law (divide by sigma for f_sigma)
+//   pdf(v)      the density of the standardised law (divide by sigma for f_sigma)
 //   quantile(r) the inverse CDF, for r in (0, 1): the sampler of the random strategy
-//   radius()   |v| beyond which F is 0 or 1 and f is 0 to the resolution of T;
-//              exact (1) for the compactly supported laws.
+//   radius()    |v| beyond which F is 0 or 1 and f is 0 to the resolution of T;
+//               exact (1) for the compactly supported laws.
 // All laws are symmetric: F(-v) = 1 - F(v). The mode strategy relies on it.
-// This header is the only place where the maths of a noise lives: the CPU loops
-// and the CUDA kernels both compile it.
+//
+// Every formula is written once, here. The smooth laws' cdf, pdf and quantile are generic over
+// the value type V: T itself (the CUDA kernels and the CPU's scalar loops) or a SIMD vector of T
+// (cpu/vec_math.h gives Math<V> for at::vec::Vectorized). The compact laws' branchy formulas
+// are scalar only: the CPU loops that call them vectorise as they are.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -27,29 +30,45 @@ namespace anacuda {
 enum class NoiseKind : int { Uniform = 0, Triangular = 1, Normal = 2, Logistic = 3 };
 enum class Strategy : int { Expectation = 0, Mode = 1, Random = 2 };
 
-namespace detail {
-template <typename T> C10_HOST_DEVICE inline T erfc_(T x) { return ::erfc(x); }
-template <> C10_HOST_DEVICE inline float erfc_(float x) { return ::erfcf(x); }
-template <typename T> C10_HOST_DEVICE inline T exp_(T x) { return ::exp(x); }
-template <> C10_HOST_DEVICE inline float exp_(float x) { return ::expf(x); }
-template <typename T> C10_HOST_DEVICE inline T log_(T x) { return ::log(x); }
-template <> C10_HOST_DEVICE inline float log_(float x) { return ::logf(x); }
-template <typename T> C10_HOST_DEVICE inline T log1p_(T x) { return ::log1p(x); }
-template <> C10_HOST_DEVICE inline float log1p_(float x) { return ::log1pf(x); }
-template <typename T> C10_HOST_DEVICE inline T sqrt_(T x) { return ::sqrt(x); }
-template <typename T> C10_HOST_DEVICE inline T erf_(T x) { return ::erf(x); }
-template <> C10_HOST_DEVICE inline float erf_(float x) { return ::erff(x); }
-template <typename T> C10_HOST_DEVICE inline T tanh_(T x) { return ::tanh(x); }
-template <> C10_HOST_DEVICE inline float tanh_(float x) { return ::tanhf(x); }
-template <> C10_HOST_DEVICE inline float sqrt_(float x) { return ::sqrtf(x); }
-template <typename T> C10_HOST_DEVICE inline T erfinv_(T x) {
+// The elementary functions the formulas call, for a value type V: float and double here (libm on
+// the host, CUDA's maths on the device), SIMD vectors in cpu/vec_math.h.
+template <typename V> struct Math;
+
+template <> struct Math<float> {
+  static C10_HOST_DEVICE float exp(float x) { return ::expf(x); }
+  static C10_HOST_DEVICE float erf(float x) { return ::erff(x); }
+  static C10_HOST_DEVICE float erfc(float x) { return ::erfcf(x); }
+  static C10_HOST_DEVICE float log(float x) { return ::logf(x); }
+  static C10_HOST_DEVICE float log1p(float x) { return ::log1pf(x); }
+  static C10_HOST_DEVICE float sqrt(float x) { return ::sqrtf(x); }
+  static C10_HOST_DEVICE float tanh(float x) { return ::tanhf(x); }
+  static C10_HOST_DEVICE float abs(float x) { return x < 0.f ? -x : x; }
+  static C10_HOST_DEVICE float erfinv(float x) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (std::is_same_v<T, float>) return ::erfinvf(x); else return ::erfinv(x);
+    return ::erfinvf(x);
 #else
-  return calc_erfinv(x);
+    return calc_erfinv(x);
 #endif
-}
-}  // namespace detail
+  }
+};
+
+template <> struct Math<double> {
+  static C10_HOST_DEVICE double exp(double x) { return ::exp(x); }
+  static C10_HOST_DEVICE double erf(double x) { return ::erf(x); }
+  static C10_HOST_DEVICE double erfc(double x) { return ::erfc(x); }
+  static C10_HOST_DEVICE double log(double x) { return ::log(x); }
+  static C10_HOST_DEVICE double log1p(double x) { return ::log1p(x); }
+  static C10_HOST_DEVICE double sqrt(double x) { return ::sqrt(x); }
+  static C10_HOST_DEVICE double tanh(double x) { return ::tanh(x); }
+  static C10_HOST_DEVICE double abs(double x) { return x < 0. ? -x : x; }
+  static C10_HOST_DEVICE double erfinv(double x) {
+#if defined(__CUDA_ARCH__)
+    return ::erfinv(x);
+#else
+    return calc_erfinv(x);
+#endif
+  }
+};
 
 template <NoiseKind N, typename T> struct Noise;
 
@@ -93,38 +112,42 @@ template <typename T> struct Noise<NoiseKind::Triangular, T> {
     return a <= T(1) ? T(1) - a : T(0);
   }
   static C10_HOST_DEVICE inline T quantile(T r) {
-    return r < T(0.5) ? detail::sqrt_(T(2) * r) - T(1) : T(1) - detail::sqrt_(T(2) * (T(1) - r));
+    return r < T(0.5) ? Math<T>::sqrt(T(2) * r) - T(1) : T(1) - Math<T>::sqrt(T(2) * (T(1) - r));
   }
   static C10_HOST_DEVICE constexpr T radius() { return T(1); }
 };
 
+// The generic formulas are always inlined: a SIMD instantiation then compiles in its caller's
+// instruction set (cpu/isa_avx2.cpp includes this header ahead of its target pragma).
 template <typename T> struct Noise<NoiseKind::Normal, T> {
   // erfc keeps the lower tail accurate (no 1 - small cancellation).
-  static C10_HOST_DEVICE inline T cdf(T v) {
-    return T(0.5) * detail::erfc_(-v * T(0.70710678118654752440));
+  template <typename V> static C10_HOST_DEVICE C10_ALWAYS_INLINE V cdf(const V& v) {
+    return V(T(0.5)) * Math<V>::erfc(-v * V(T(0.70710678118654752440)));
   }
-  static C10_HOST_DEVICE inline T centered(T v) { return T(0.5) * detail::erf_(v * T(0.70710678118654752440)); }
-  static C10_HOST_DEVICE inline T pdf(T v) {
-    return T(0.39894228040143267794) * detail::exp_(T(-0.5) * v * v);
+  static C10_HOST_DEVICE inline T centered(T v) { return T(0.5) * Math<T>::erf(v * T(0.70710678118654752440)); }
+  template <typename V> static C10_HOST_DEVICE C10_ALWAYS_INLINE V pdf(const V& v) {
+    return V(T(0.39894228040143267794)) * Math<V>::exp(V(T(-0.5)) * v * v);
   }
   static C10_HOST_DEVICE inline T quantile(T r) {
-    return T(1.41421356237309504880) * detail::erfinv_(T(2) * r - T(1));
+    return T(1.41421356237309504880) * Math<T>::erfinv(T(2) * r - T(1));
   }
   // Phi(-6) = 1e-9, Phi(-9) = 1e-19: below the resolution of float / double.
   static C10_HOST_DEVICE constexpr T radius() { return std::is_same_v<T, float> ? T(6) : T(9); }
 };
 
 template <typename T> struct Noise<NoiseKind::Logistic, T> {
-  static C10_HOST_DEVICE inline T cdf(T v) { return T(1) / (T(1) + detail::exp_(-v)); }
-  static C10_HOST_DEVICE inline T centered(T v) { return T(0.5) * detail::tanh_(T(0.5) * v); }
+  template <typename V> static C10_HOST_DEVICE C10_ALWAYS_INLINE V cdf(const V& v) {
+    return V(T(1)) / (V(T(1)) + Math<V>::exp(-v));
+  }
+  static C10_HOST_DEVICE inline T centered(T v) { return T(0.5) * Math<T>::tanh(T(0.5) * v); }
   // e^{-|v|} / (1 + e^{-|v|})^2 = F(1 - F), without overflow for large |v|.
-  static C10_HOST_DEVICE inline T pdf(T v) {
-    T e = detail::exp_(-(v < T(0) ? -v : v));
-    T d = T(1) + e;
+  template <typename V> static C10_HOST_DEVICE C10_ALWAYS_INLINE V pdf(const V& v) {
+    const V e = Math<V>::exp(-Math<V>::abs(v));
+    const V d = V(T(1)) + e;
     return e / (d * d);
   }
-  static C10_HOST_DEVICE inline T quantile(T r) {
-    return detail::log_(r) - detail::log1p_(-r);
+  template <typename V> static C10_HOST_DEVICE C10_ALWAYS_INLINE V quantile(const V& r) {
+    return Math<V>::log(r) - Math<V>::log1p(-r);
   }
   // e^{-20} = 2e-9, e^{-40} = 4e-18.
   static C10_HOST_DEVICE constexpr T radius() { return std::is_same_v<T, float> ? T(20) : T(40); }

@@ -1,5 +1,5 @@
-// The quantiser walk and the per-element ANA formulas (SPEC §1, §4, §5), shared by the CPU
-// loops and the CUDA kernels.
+// The quantiser walk and the per-element ANA formulas (SPEC §1, §4, §5 of docs/semantics.md),
+// shared by the CPU loops and the CUDA kernels.
 //
 // Every function works on a = u - mu (u = x / eps, thresholds already in units of eps) and
 // visits only the thresholds inside the noise's reach [a - R, a + R] (R = radius * sigma):
@@ -108,16 +108,40 @@ C10_HOST_DEVICE inline T mode_stair(const Grid<T>& g, T a, T sigma) {
   return g.q[best];
 }
 
-// Random: Q(a + nu), nu = sigma * quantile(r) drawn by the caller's uniform r.
+// The random strategy's noisy point: a + sigma * nu, nu a draw of the standardised noise.
+template <typename T> C10_HOST_DEVICE inline T noisy(T a, T sigma, T nu) { return a + sigma * nu; }
+
+// Random: Q(a + sigma * nu), nu = quantile(r) drawn by the caller's uniform r.
 template <NoiseKind N, typename T>
 C10_HOST_DEVICE inline T random_stair(const Grid<T>& g, T a, T sigma, T r) {
   if (a != a) return a;
-  return g.q[g.count_le(a + sigma * Noise<N, T>::quantile(r))];
+  return g.q[g.count_le(noisy(a, sigma, Noise<N, T>::quantile(r)))];
 }
 
-// Derivative of the smoothed stair: sum over the window of dq_t * f_sigma(a - theta_t). The
-// uniform density is tested as theta - sigma <= a < theta + sigma, so that neighbouring boxes
-// whose edges coincide tile exactly (a - theta would round differently on either side).
+// The boxes of a uniform noise of half-width sigma: box t holds a iff theta_t - sigma <= a <
+// theta_t + sigma, half-open so that neighbouring boxes whose edges coincide tile exactly (the
+// edges are compared, not a - theta, which would round differently on either side). As the
+// thresholds increase, the boxes a has reached and the boxes it has passed are each a prefix
+// [0, n): the boxes holding a are [passed, reached).
+template <typename T> C10_HOST_DEVICE inline bool box_reached(T a, T theta, T sigma) { return a >= theta - sigma; }
+template <typename T> C10_HOST_DEVICE inline bool box_passed(T a, T theta, T sigma) { return a >= theta + sigma; }
+template <typename T> C10_HOST_DEVICE inline bool in_box(T a, T theta, T sigma) {
+  return box_reached(a, theta, sigma) && !box_passed(a, theta, sigma);
+}
+
+// Box t's term of the uniform noise's stair derivative (before the division by sigma): its
+// step times the density 1/2.
+template <typename T> C10_HOST_DEVICE inline T box_term(const T* q, int64_t t) { return (q[t + 1] - q[t]) * T(0.5); }
+
+// The sum of the terms of the boxes [lo, hi), in threshold order.
+template <typename T> C10_HOST_DEVICE inline T box_sum(const T* q, int64_t lo, int64_t hi) {
+  T d = T(0);
+  for (int64_t t = lo; t < hi; ++t) d += box_term(q, t);
+  return d;
+}
+
+// Derivative of the smoothed stair: sum over the window of dq_t * f_sigma(a - theta_t); for the
+// uniform noise, the sum over the boxes holding a.
 template <NoiseKind N, typename T>
 C10_HOST_DEVICE inline T stair_derivative(const Grid<T>& g, T a, T sigma) {
   if (a != a) return a;
@@ -127,15 +151,18 @@ C10_HOST_DEVICE inline T stair_derivative(const Grid<T>& g, T a, T sigma) {
   const Standardize<T> z(sigma);
   int64_t lo, hi;
   window(g, a, R, lo, hi);
-  T d = T(0);
-  for (int64_t t = lo; t < hi; ++t) {
-    if constexpr (N == NoiseKind::Uniform) {
-      if (a >= g.theta[t] - sigma && a < g.theta[t] + sigma) d += (g.q[t + 1] - g.q[t]) * T(0.5);
-    } else {
-      d += (g.q[t + 1] - g.q[t]) * L::pdf(z(a - g.theta[t]));
+  if constexpr (N == NoiseKind::Uniform) {
+    int64_t passed = lo, reached = lo;
+    for (int64_t t = lo; t < hi; ++t) {
+      passed += box_passed(a, g.theta[t], sigma);
+      reached += box_reached(a, g.theta[t], sigma);
     }
+    return z(box_sum(g.q, passed, reached));
+  } else {
+    T d = T(0);
+    for (int64_t t = lo; t < hi; ++t) d += (g.q[t + 1] - g.q[t]) * L::pdf(z(a - g.theta[t]));
+    return z(d);
   }
-  return z(d);
 }
 
 // ANA forward of one element (SPEC §4), u = x / eps. `smooth` is training && sigma > 0;

@@ -1,6 +1,6 @@
-// The CPU kernels for processors with AVX2 and FMA: kernels_impl.h compiled for that target
+// The CPU kernels for processors with AVX2 and FMA: paths.h compiled for that target
 // (multiply-adds stay unfused: -ffp-contract=off keeps the results those of the baseline).
-#include "kernels_deps.h"
+#include "isa_headers.h"
 
 #if ANACUDA_HAS_AVX2
 #if defined(__clang__)
@@ -18,7 +18,7 @@
 #include <sleef.h>
 #undef __AVX__
 #endif
-#include "kernels_impl.h"
+#include "paths.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

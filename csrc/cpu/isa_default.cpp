@@ -1,3 +1,3 @@
 // The CPU kernels for any processor.
 #define CPU_CAPABILITY DEFAULT
-#include "kernels_impl.h"
+#include "paths.h"

@@ -1,7 +1,7 @@
 // Every header the CPU kernels use, included ahead of the instruction-set target in
 // isa_avx2.cpp so that what they define is compiled for the baseline in both builds (one
-// definition of each inline function, whichever the linker keeps). Only kernels_impl.h's own
-// files and ATen's vectorised types, which live in a namespace per instruction set, follow.
+// definition of each inline function, whichever the linker keeps). Only paths.h's own files and
+// ATen's vectorised types, which live in a namespace per instruction set, follow.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,8 +15,11 @@
 #include <optional>
 #include <vector>
 
-#include "../common/args.h"
+#include "../common/box_code.h"
 #include "../common/dispatch.h"
+#include "../common/elementwise.h"
 #include "../common/functors.h"
+#include "../common/params.h"
 #include "../common/philox.h"
-#include "kernels.h"
+#include "../ops/call.h"
+#include "kernel_table.h"

@@ -1,0 +1,317 @@
+// CPU fast path for quantisers with few thresholds (K <= kTableMaxK): every element meets every
+// threshold, in branch-free loops over blocks of elements that the compiler vectorises, instead
+// of the per-element window walk of common/stair.h (whose data-dependent branches dominate on a
+// CPU). The formulas are common/'s (the noises through vec_math.h, Philox rounds, boxes and their
+// code, blending); what differs is the order of the work, and Q(a) found by a chain of selects.
+// Used where it is exact: the hard stair (eval, sigma = 0, and mode with a compact noise no wider
+// than half the smallest gap, where the most likely level is the hard stair's), expectation and
+// backward with every noise, the random strategy, the 1-byte code and alpha-blending.
+// tests/test_cpu_paths.py compares it with the functor path element for element.
+#pragma once
+
+#include "isa_headers.h"
+#include "vec_math.h"
+
+namespace anacuda {
+namespace CPU_CAPABILITY {
+
+constexpr int kTableMaxK = 32;
+constexpr int64_t kBlock = 256;
+constexpr int64_t kBlockGrain = 32768;
+// Runs of one eps (one channel) at least this long are processed as runs; shorter ones (a
+// per-channel eps on a channels_last input) with each element's own eps.
+constexpr int64_t kMinRun = 64;
+
+// The quantiser as a small table: thresholds, steps, levels, and the smallest gap.
+template <typename T> struct ThresholdTable {
+  int K = 0;
+  T theta[kTableMaxK], dq[kTableMaxK], q[kTableMaxK + 1];
+  T min_gap;
+};
+
+template <typename T> bool make_threshold_table(const Grid<T>& g, ThresholdTable<T>& s) {
+  if (g.K > kTableMaxK) return false;
+  s.K = static_cast<int>(g.K);
+  s.min_gap = std::numeric_limits<T>::infinity();
+  for (int t = 0; t < s.K; ++t) {
+    s.theta[t] = g.theta[t];
+    s.dq[t] = g.q[t + 1] - g.q[t];
+    if (t > 0) s.min_gap = std::min(s.min_gap, g.theta[t] - g.theta[t - 1]);
+  }
+  for (int t = 0; t <= s.K; ++t) s.q[t] = g.q[t];
+  return true;
+}
+
+// eps over a block: one value for all its elements, or each element's own.
+template <typename T> struct OneEps {
+  T e;
+  T operator[](int64_t) const { return e; }
+};
+template <typename T> struct EachEps {
+  const T* e;
+  T operator[](int64_t j) const { return e[j]; }
+};
+
+// Calls f(i, m, e) over blocks [i, i + m) of [begin, end), m <= B, e their eps (OneEps or EachEps).
+template <int64_t B, typename T, typename F>
+void for_each_eps_block(const EpsLayout<T>& eps, int64_t begin, int64_t end, F&& f) {
+  if (eps.ptr == nullptr || eps.channels == 1) {
+    const OneEps<T> e{eps.at(0)};
+    for (int64_t i = begin; i < end; i += B) f(i, std::min(B, end - i), e);
+    return;
+  }
+  if (eps.inner >= kMinRun) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t run = i / eps.inner;
+      const int64_t stop = std::min(end, (run + 1) * eps.inner);
+      const OneEps<T> e{eps.ptr[run % eps.channels]};
+      for (; i < stop; i += std::min(B, stop - i)) f(i, std::min(B, stop - i), e);
+    }
+    return;
+  }
+  T ev[B];
+  int64_t k = begin % eps.inner, c = (begin / eps.inner) % eps.channels;  // element begin: channel c, k-th in its run
+  for (int64_t i = begin; i < end; i += B) {
+    const int64_t m = std::min(B, end - i);
+    for (int64_t j = 0; j < m; ++j) {
+      ev[j] = eps.ptr[c];
+      if (++k == eps.inner) {
+        k = 0;
+        c = c + 1 == eps.channels ? 0 : c + 1;
+      }
+    }
+    f(i, m, EachEps<T>{ev});
+  }
+}
+
+// a[j] = x[j] / e - mu for a block. A power of two e (eps = 1 above all) multiplies by its
+// reciprocal instead: the same correctly rounded quotient, without a division per element.
+template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, int64_t n, const OneEps<T>& eps, T mu, T* a) {
+  const T e = eps.e;
+  int exponent = 0;
+  if (std::frexp(e, &exponent) == T(0.5) && std::isfinite(T(1) / e)) {
+    const T r = T(1) / e;
+    for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) * r - mu;
+  } else {
+    for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e - mu;
+  }
+}
+template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, int64_t n, const EachEps<T>& e, T mu, T* a) {
+  for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e[j] - mu;
+}
+
+// v[j] = Q(a[j]) = q[#{t: a[j] >= theta_t}] as a chain of selects (the thresholds are sorted),
+// so no gather; a NaN a[j] gives q[0] (the callers keep the NaN).
+template <typename T> inline void level_values(const ThresholdTable<T>& s, const T* a, int64_t n, T* v) {
+  for (int64_t j = 0; j < n; ++j) v[j] = s.q[0];
+  for (int t = 0; t < s.K; ++t) {
+    const T th = s.theta[t], q = s.q[t + 1];
+    for (int64_t j = 0; j < n; ++j) v[j] = a[j] >= th ? q : v[j];
+  }
+}
+
+// y[j] = e * Q(a[j]) (NaN stays NaN).
+template <typename scalar_t, typename T, typename E>
+inline void hard_block(const ThresholdTable<T>& s, const T* a, int64_t n, const E& e, scalar_t* y) {
+  T v[kBlock];
+  level_values(s, a, n, v);
+  for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
+}
+
+// r[j] = the uniform number in (0, 1) of element begin + j (j < m <= kBlock): its word of its
+// Philox block (common/philox.h), the blocks computed side by side so that the rounds vectorise.
+template <typename T> inline void uniform_block(int64_t begin, int64_t m, uint64_t seed, uint64_t stream, T* r) {
+  constexpr int kMaxBlocks = kBlock / 4 + 2;
+  const uint64_t b0 = philox_block_of(begin);
+  const int nb = static_cast<int>(philox_block_of(begin + m - 1) - b0 + 1);
+  uint32_t c0[kMaxBlocks], c1[kMaxBlocks], c2[kMaxBlocks], c3[kMaxBlocks], w[4 * kMaxBlocks];
+  uint32_t k0 = 0, k1 = 0;
+  for (int j = 0; j < nb; ++j) philox_start(b0 + static_cast<uint64_t>(j), stream, seed, c0[j], c1[j], c2[j], c3[j], k0, k1);
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    for (int j = 0; j < nb; ++j) philox_round(c0[j], c1[j], c2[j], c3[j], k0, k1);
+    philox_next_key(k0, k1);
+  }
+  for (int j = 0; j < nb; ++j) {
+    w[4 * j] = c0[j];
+    w[4 * j + 1] = c1[j];
+    w[4 * j + 2] = c2[j];
+    w[4 * j + 3] = c3[j];
+  }
+  const uint32_t* wk = w + philox_lane_of(begin);
+  for (int64_t j = 0; j < m; ++j) r[j] = uniform_open<T>(wk[j]);
+}
+
+// nu[j] = the standardised noise of element begin + j: the quantile of its uniform number.
+template <NoiseKind N, typename T> inline void noise_block(int64_t begin, int64_t m, uint64_t seed, uint64_t stream, T* nu) {
+  uniform_block(begin, m, seed, stream, nu);
+  if constexpr (N == NoiseKind::Logistic) {
+    map_vec(nu, m, [](const auto& r) { return Noise<N, T>::quantile(r); });
+  } else {
+    for (int64_t j = 0; j < m; ++j) nu[j] = Noise<N, T>::quantile(nu[j]);
+  }
+}
+
+// The 1-byte codes (common/box_code.h) of a block, branch-free: the boxes passed and reached by
+// each a[j], counted over every threshold.
+template <typename T> inline void code_block(const ThresholdTable<T>& s, const T* a, int64_t m, T sigma, uint8_t* code) {
+  int32_t passed[kBlock], reached[kBlock];
+  for (int64_t j = 0; j < m; ++j) passed[j] = reached[j] = 0;
+  for (int t = 0; t < s.K; ++t) {
+    const T th = s.theta[t];
+    for (int64_t j = 0; j < m; ++j) {
+      passed[j] += box_passed(a[j], th, sigma);
+      reached[j] += box_reached(a[j], th, sigma);
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) passed[j] = box_code(a[j] != a[j], passed[j], reached[j]);
+  uint8_t* __restrict out = code;  // bytes alias everything: say these alias nothing
+  for (int64_t j = 0; j < m; ++j) out[j] = static_cast<uint8_t>(passed[j]);
+}
+
+template <typename scalar_t, typename T>
+void block_code(const ThresholdTable<T>& s, const scalar_t* x, uint8_t* code, int64_t n, const EpsLayout<T>& eps,
+                T mu, T sigma) {
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock];
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+      shifted(x + i, m, e, mu, a);
+      code_block(s, a, m, sigma, code + i);
+    });
+  });
+}
+
+// f[j] = F(v) (or the density f(v) when kDensity) at v = (a[j] - theta) / sigma: the compact
+// laws in loops the compiler vectorises, the smooth ones as SIMD vectors.
+template <NoiseKind N, bool kDensity, typename T>
+inline void noise_values(const T* a, int64_t m, T theta, const Standardize<T>& z, T* f) {
+  for (int64_t j = 0; j < m; ++j) f[j] = z(a[j] - theta);
+  if constexpr (N == NoiseKind::Normal || N == NoiseKind::Logistic) {
+    if constexpr (kDensity) map_vec(f, m, [](const auto& v) { return Noise<N, T>::pdf(v); });
+    else map_vec(f, m, [](const auto& v) { return Noise<N, T>::cdf(v); });
+  } else {
+    for (int64_t j = 0; j < m; ++j) f[j] = kDensity ? Noise<N, T>::pdf(f[j]) : Noise<N, T>::cdf(f[j]);
+  }
+}
+
+enum class BlockForward { Hard, Expectation, Random };
+
+// The forward on this path that computes this configuration, if any (mode with a smooth noise, or
+// one wider than half a gap, needs the per-element walk of common/stair.h).
+template <typename T>
+std::optional<BlockForward> block_forward_kind(const ThresholdTable<T>& s, NoiseKind nk, Strategy st, bool training,
+                                               T sigma) {
+  const bool compact = nk == NoiseKind::Uniform || nk == NoiseKind::Triangular;
+  if (!(training && sigma > T(0)) || (st == Strategy::Mode && compact && T(2) * sigma <= s.min_gap))
+    return BlockForward::Hard;
+  if (st == Strategy::Expectation) return BlockForward::Expectation;
+  if (st == Strategy::Random) return BlockForward::Random;
+  return std::nullopt;
+}
+
+// Where the forward also writes the 1-byte code of a uniform backward noise (mu, sigma).
+template <typename T> struct CodeOutput {
+  uint8_t* ptr = nullptr;
+  T mu = T(0), sigma = T(0);
+};
+
+// The forward of the whole input (`kind` chosen by block_forward_kind), and the backward's code
+// with it when `code` says where.
+template <NoiseKind N, typename scalar_t, typename T>
+void block_forward(const ThresholdTable<T>& s, BlockForward kind, const scalar_t* x, scalar_t* y, int64_t n,
+                   const EpsLayout<T>& eps, T mu, T sigma, uint64_t seed, uint64_t stream, CodeOutput<T> code = {}) {
+  const Standardize<T> z(sigma);
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock], acc[kBlock], nu[kBlock], f[kBlock];
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+      shifted(x + i, m, e, mu, a);
+      if (code.ptr != nullptr) {  // from the noise-free a, as _ana_code computes it
+        if (code.mu == mu) {
+          code_block(s, a, m, code.sigma, code.ptr + i);
+        } else {
+          shifted(x + i, m, e, code.mu, f);
+          code_block(s, f, m, code.sigma, code.ptr + i);
+        }
+      }
+      if (kind == BlockForward::Random) {
+        noise_block<N>(i, m, seed, stream, nu);
+        for (int64_t j = 0; j < m; ++j) a[j] = noisy(a[j], sigma, nu[j]);
+      }
+      if (kind != BlockForward::Expectation) {
+        hard_block(s, a, m, e, y + i);
+        return;
+      }
+      for (int64_t j = 0; j < m; ++j) acc[j] = s.q[0];
+      for (int t = 0; t < s.K; ++t) {
+        noise_values<N, false>(a, m, s.theta[t], z, f);
+        const T d = s.dq[t];
+        for (int64_t j = 0; j < m; ++j) acc[j] += d * f[j];
+      }
+      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * acc[j]);
+    });
+  });
+}
+
+// grad_x = g * sum_t dq_t f_sigma(a - theta_t); for the uniform noise the sum of the terms of the
+// boxes holding a.
+template <NoiseKind N, typename scalar_t, typename T>
+void block_backward(const ThresholdTable<T>& s, const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t n,
+                    const EpsLayout<T>& eps, T mu, T sigma) {
+  const Standardize<T> z(sigma);
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock], d[kBlock], f[kBlock];
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+      shifted(x + i, m, e, mu, a);
+      for (int64_t j = 0; j < m; ++j) d[j] = T(0);
+      for (int t = 0; t < s.K; ++t) {
+        const T th = s.theta[t];
+        if constexpr (N == NoiseKind::Uniform) {
+          const T h = box_term(s.q, t);
+          for (int64_t j = 0; j < m; ++j) d[j] += in_box(a[j], th, sigma) ? h : T(0);
+        } else {
+          noise_values<N, true>(a, m, th, z, f);
+          const T w = s.dq[t];
+          for (int64_t j = 0; j < m; ++j) d[j] += w * f[j];
+        }
+      }
+      for (int64_t j = 0; j < m; ++j)
+        gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * z(d[j]));
+    });
+  });
+}
+
+// grad_x from the code through a 256-entry table of code_derivative, the functor's own maths.
+template <typename scalar_t, typename T>
+void table_backward_code(const T* q, int K, const scalar_t* g, const uint8_t* code, scalar_t* gx, int64_t n, T sigma) {
+  T table[256];
+  for (int c = 0; c < 256; ++c) table[c] = code_derivative(q, K, static_cast<uint8_t>(c), sigma);
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<scalar_t, float>) {  // 8 table entries per gather
+      for (; i + 8 <= end; i += 8) {
+        const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + i)));
+        _mm256_storeu_ps(gx + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), _mm256_i32gather_ps(table, c, 4)));
+      }
+    }
+#endif
+    for (; i < end; ++i) gx[i] = static_cast<scalar_t>(static_cast<T>(g[i]) * table[code[i]]);
+  });
+}
+
+// Alpha-blending: common/functors.h's blend of each weight with its level.
+template <typename scalar_t, typename T>
+void block_alpha_blend(const ThresholdTable<T>& s, const scalar_t* w, scalar_t* y, int64_t n, const EpsLayout<T>& eps,
+                       T alpha) {
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock], v[kBlock];
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+      shifted(w + i, m, e, T(0), a);
+      level_values(s, a, m, v);
+      for (int64_t j = 0; j < m; ++j)
+        y[i + j] = static_cast<scalar_t>(blend(static_cast<T>(w[i + j]), e[j], a[j] != a[j] ? a[j] : v[j], alpha));
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace anacuda

@@ -1,0 +1,44 @@
+// Which build of the CPU kernels runs: ATen's own answer (at::get_cpu_capability honours
+// ATEN_CPU_CAPABILITY), so anacuda never uses instructions that torch itself avoids. And which
+// path they take (kernel_table.h).
+#include "kernel_table.h"
+
+#include <ATen/Version.h>
+#include <atomic>
+#include <cstdlib>
+
+namespace anacuda {
+
+const DeviceKernels& cpu_kernels() {
+  static const DeviceKernels* chosen = [] {
+#if ANACUDA_HAS_AVX2
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX2" || cap == "AVX512") return &AVX2::kernels;
+#endif
+    return &DEFAULT::kernels;
+  }();
+  return *chosen;
+}
+
+namespace {
+
+bool parse_path(const std::string& path) {
+  TORCH_CHECK(path == "fast" || path == "functors", "anacuda: the CPU path is 'fast' or 'functors', got '", path, "'");
+  return path == "functors";
+}
+
+std::atomic<bool>& functors() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("ANACUDA_CPU_PATH");
+    return env != nullptr && *env != '\0' && parse_path(env);
+  }()};
+  return on;
+}
+
+}  // namespace
+
+bool cpu_runs_functors() { return functors().load(std::memory_order_relaxed); }
+std::string cpu_path() { return cpu_runs_functors() ? "functors" : "fast"; }
+void set_cpu_path(const std::string& path) { functors().store(parse_path(path)); }
+
+}  // namespace anacuda

@@ -1,0 +1,142 @@
+"""The CPU kernels' two paths (anacuda._testing): "fast", the CPU's own loops, and "functors",
+the GPU's code (csrc/common/functors.h in the CUDA loop's index arithmetic). The op suite runs on
+both (conftest.cpu_path); here the switch itself, and the fast paths against the functors element
+for element wherever they compute differently (the 256-entry table of the coded backward, Q by a
+chain of selects, the box code and the blend over blocks, batched Philox rounds, per-channel eps
+runs): bit for bit where both evaluate the same arithmetic, within rounding where the fast path
+sums all thresholds or calls SIMD exp/erfc (SLEEF) instead of libm."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from conftest import QUANTIZERS, Q, anacuda, assert_close, assert_equal, scale_of, span
+from anacuda import _testing
+from anacuda._testing import use_cpu_path
+
+ops = torch.ops.anacuda
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
+
+def f64(v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def both(fn):
+    """fn() on the fast path and on the functor path."""
+    with use_cpu_path("fast"):
+        fast = fn()
+    with use_cpu_path("functors"):
+        functors = fn()
+    return fast, functors
+
+
+def test_the_switch():
+    start = _testing.cpu_path()  # "fast" unless ANACUDA_CPU_PATH says otherwise
+    with use_cpu_path("functors"):
+        assert _testing.cpu_path() == "functors" and anacuda._C._cpu_path() == "functors"
+        with use_cpu_path("fast"):
+            assert _testing.cpu_path() == "fast"
+        assert _testing.cpu_path() == "functors"
+    assert _testing.cpu_path() == start
+    with pytest.raises(ValueError, match="'fast' or 'functors'"):
+        with use_cpu_path("gpu"):
+            pass
+    with pytest.raises(ValueError, match="'fast' or 'functors'"):
+        anacuda._C._set_cpu_path("gpu")
+    assert _testing.cpu_path() == start
+
+
+def test_the_fixture_switches(cpu_path):
+    assert _testing.cpu_path() == cpu_path
+
+
+def _inputs(q, dtype, sigma, mu):
+    """Points over the quantiser's range with the box edges, NaN and infinities, 3 channels of
+    eps (1.25 a power of two's neighbour, 0.5 and 2 powers of two), in NCHW and channels_last."""
+    u = torch.cat([span(q, sigma, mu, n=331), f64([float("nan"), float("inf"), -float("inf"), 0.0])])
+    u = u[: 6 * (u.numel() // 6)].reshape(2, 3, 1, -1)  # N, C, H, W
+    eps = f64([0.5, 1.25, 2.0]).reshape(3, 1, 1)
+    x = (u * eps).to(dtype)
+    return [(x, eps), (x.contiguous(memory_format=torch.channels_last), eps), (x, f64(0.75))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_coded_backward_table_is_the_functor(dtype):
+    """The fast path's 256-entry table of code_derivative against the functor, for every byte
+    (forged codes included), every K <= 15 and sigma, on gradients with 0, NaN and infinities."""
+    grads = torch.tensor([1.0, -0.75, 0.0, 3.5, float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    codes = torch.arange(256, dtype=torch.uint8).repeat_interleave(grads.numel())
+    g = grads.repeat(256)
+    for k in [1, 2, 3, 7, 15]:
+        levels = Q([float(v) * (1 + 0.1 * v) for v in range(k + 1)], [v + 0.5 for v in range(k)])
+        lv, _ = levels.tables(g.device, dtype)
+        for sigma in [0.0, 1e-40, 0.3, 0.5, 2.0]:
+            fast, functors = both(lambda: ops._ana_backward_code(g, codes, lv, f64(sigma)))
+            assert_equal(fast, functors, msg=f"K={k} sigma={sigma}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("qname", ["binary", "ternary", "uniform4", "arbitrary"])
+def test_code_and_coded_forward_are_the_functors(dtype, qname):
+    """_ana_code (block counts of boxes) and _ana_coded (the fused pass on the fast path, or the
+    forward and code in two passes) against UniformBoxCode and AnaCoded: the codes bit for bit,
+    the forward bit for bit where both compute the same arithmetic, else within rounding."""
+    q = QUANTIZERS[qname]
+    lv, th = q.tables(torch.device("cpu"), dtype)
+    for (sigma_b, mu_b), (noise, strategy, sigma) in itertools.product(
+            [(0.0, 0.0), (0.5, 0.0), (0.3, -0.2), (2.0, 0.1)],
+            [("uniform", "mode", 0.2), ("uniform", "expectation", 0.5), ("triangular", "mode", 0.6),
+             ("normal", "expectation", 0.4), ("logistic", "mode", 0.5), ("uniform", "random", 0.5),
+             ("normal", "random", 0.3)]):
+        for x, eps in _inputs(q, dtype, sigma_b, mu_b):
+            code_args = (x, lv, th, eps, f64(mu_b), f64(sigma_b))
+            fast, functors = both(lambda: ops._ana_code(*code_args))
+            assert_equal(fast, functors, msg=f"code sigma_b={sigma_b}")
+            seed = torch.tensor([3, 4]) if strategy == "random" else None
+            args = (x, lv, th, q.uniform_grid, eps, noise, f64(0.1), f64(sigma), strategy, True, seed, "uniform",
+                    f64(mu_b), f64(sigma_b))
+            (yf, cf), (yg, cg) = both(lambda: ops._ana_coded(*args))
+            msg = f"{noise} {strategy} sigma_b={sigma_b}"
+            assert_equal(cf, cg, msg=msg)
+            assert_equal(cf, fast, msg=msg)
+            if noise in ("uniform", "triangular") or strategy == "random":
+                assert_equal(yf, yg, msg=msg)
+            else:
+                assert_close(yf, yg, dtype, scale_of(q, 2.0), msg=msg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_forward_backward_and_blend_are_the_functors(dtype):
+    """The block forward (hard stair by selects, expectation over all thresholds, batched Philox),
+    the smooth-noise window path, the block backward and blending against the functors."""
+    for qname in ["ternary", "uniform4", "arbitrary", "uniform8"]:
+        q = QUANTIZERS[qname]
+        lv, th = q.tables(torch.device("cpu"), dtype)
+        for x, eps in _inputs(q, dtype, 0.5, 0.0):
+            blend = both(lambda: ops.alpha_blend(x, lv, th, q.uniform_grid, eps, f64(0.3)))
+            assert_equal(*blend, msg=f"{qname} blend")
+            for noise, strategy in itertools.product(anacuda.NOISES, ["expectation", "mode", "random"]):
+                seed = torch.tensor([9, 2]) if strategy == "random" else None
+                for training in [True, False]:
+                    args = (x, lv, th, q.uniform_grid, eps, noise, f64(-0.1), f64(0.45), strategy, training, seed,
+                            noise, f64(0.1), f64(0.45))
+                    fast, functors = both(lambda: ops.ana(*args))
+                    msg = f"{qname} {noise} {strategy} training={training}"
+                    if not training or noise in ("uniform", "triangular") or strategy == "random":
+                        if noise == "logistic" and strategy == "random":  # SIMD log vs libm: a level flips
+                            assert (fast != functors).float().mean().item() < 0.01, msg  # at an ulp from a threshold
+                        else:
+                            assert_equal(fast, functors, msg=msg)
+                    elif strategy == "expectation":
+                        assert_close(fast, functors, dtype, scale_of(q, 2.0), msg=msg)
+                g = torch.cos(torch.arange(x.numel(), dtype=torch.float64)).reshape(x.shape).to(dtype)
+                bargs = (g, x, lv, th, q.uniform_grid, eps, noise, f64(0.1), f64(0.45))
+                fast, functors = both(lambda: ops._ana_backward(*bargs))
+                if noise in ("uniform", "triangular"):
+                    assert_equal(fast, functors, msg=f"{qname} {noise} backward")
+                else:
+                    assert_close(fast, functors, dtype, 10 * scale_of(q, 2.0), msg=f"{qname} {noise} backward")
