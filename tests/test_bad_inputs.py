@@ -344,3 +344,103 @@ def test_forged_codes_give_nan():
     gx = op_code_backward(code, storage[:3], grad=torch.ones(6))
     assert gx[:3].isnan().all() and gx[5].isnan()
     assert gx[3].item() == 2.0 and gx[4].item() == 0.0  # boxes 0 and 1 (each 0.5 / sigma = 1); none
+
+
+# --- issue 12: arguments of controllers, layers, quantisers, configs, checked when given ------------
+# (a self-contained block: its own table and test)
+def _controller():
+    return NoiseController(ana_model(), 4)
+
+
+ISSUE12_CASES = [
+    case("NoiseController-step-nan", lambda: _controller().step(math.nan), ValueError,
+         "t must be a finite time >= 0, got nan"),
+    case("NoiseController-step-inf", lambda: _controller().step(math.inf), ValueError, "t must be a finite time"),
+    case("NoiseController-step-string-number", lambda: _controller().step("1"), TypeError,
+         "t must be a number, got str"),
+    case("NoiseController-step-negative", lambda: _controller().step(-5), ValueError,
+         "t must be a finite time >= 0, got -5.0"),
+    case("NoiseController-step-bool", lambda: _controller().step(True), TypeError, "t must be a number, got bool"),
+    case("NoiseController-step-tensor", lambda: _controller().step(torch.tensor(1.0)), TypeError,
+         "t must be a number, got Tensor"),
+    case("AlphaController-step-nan", lambda: AlphaController(blend_model()).step(math.nan), ValueError,
+         "AlphaController.step: t must be a finite time"),
+    case("NoiseController-load_state_dict-empty", lambda: _controller().load_state_dict({}), ValueError,
+         "not a NoiseController state dict"),
+    case("NoiseController-load_state_dict-list", lambda: _controller().load_state_dict([]), TypeError,
+         "state must be a dict"),
+    case("NoiseController-load_state_dict-other-config",
+         lambda: _controller().load_state_dict(NoiseController(ana_model(), 8).state_dict()), ValueError,
+         "the state dict is from another configuration"),
+    case("NoiseController-load_state_dict-alpha-state",
+         lambda: _controller().load_state_dict(AlphaController(blend_model()).state_dict()), ValueError,
+         "not a NoiseController state dict"),
+    case("NoiseController-ctrl_spec-key-sigam",
+         lambda: NoiseController(ana_model(), ctrl_spec=[{"modules": ["0"], "sigam": {"beta": 0.5}}]), ValueError,
+         r"unknown ctrl_spec entry keys \['sigam'\]; allowed: \['mi', 'modules', 'sigma'\]"),
+    case("NoiseController-ctrl_spec-decay-key",
+         lambda: NoiseController(ana_model(), ctrl_spec=[{"modules": ["0"], "sigma": {"base": 0.5}}]), ValueError,
+         r"unknown ctrl_spec 'sigma' keys \['base'\]; allowed: \['beta', 'fun', 'kwargs'\]"),
+    case("NoiseController-ctrl_spec-kwargs-key",
+         lambda: NoiseController(ana_model(), ctrl_spec=[{"modules": ["0"], "sigma": {
+             "beta": 0.5, "fun": "bws", "kwargs": {"tstart": 0, "tedn": 4}}}]), ValueError,
+         r"unknown ctrl_spec 'sigma' kwargs keys \['tedn'\]; allowed: \['alpha', 'tend', 'tstart'\]"),
+    case("NoiseController-ctrl_spec-sigma-beta-negative",
+         lambda: NoiseController(ana_model(), ctrl_spec=[{"modules": ["0"], "sigma": {"beta": -0.5}}]), ValueError,
+         "'sigma' beta must be finite and >= 0, got -0.5"),
+    case("NoiseController-ctrl_spec-module-twice",
+         lambda: NoiseController(ana_model(), ctrl_spec=[{"modules": ["0"]}, {"modules": ["0", "1"]}]), ValueError,
+         "a module appears in two groups"),
+    case("NoiseController-ctrl_spec-not-a-list", lambda: NoiseController(ana_model(), ctrl_spec={"modules": ["0"]}),
+         TypeError, "ctrl_spec must be a list of dicts, got dict"),
+    case("NoiseController-groups-string", lambda: NoiseController(ana_model(), groups="01"), TypeError,
+         "groups must be a list of lists of module names"),
+    case("NoiseController-anneal_sigma-string", lambda: NoiseController(ana_model(), anneal_sigma="no"), TypeError,
+         "anneal_sigma must be a bool, got str"),
+    case("NoiseController-mu0-string", lambda: NoiseController(ana_model(), mu0="-0.5"), TypeError,
+         "mu0 must be a number, got str"),
+    case("Decay-tstart-string", lambda: Decay("bws", "0", 1), TypeError, "tstart must be a number, got str"),
+    case("Decay-floor-2", lambda: Decay("uws", 0, 1, 1, 2.0), ValueError, r"the decay floor must be in \[0, 1\]"),
+    case("Quantizer.uniform-signed-string", lambda: Q.uniform(4, signed="False"), TypeError,
+         "signed must be a bool, got str"),
+    case("Quantizer.uniform-balanced-int", lambda: Q.uniform(4, balanced=1), TypeError,
+         "balanced must be a bool, got int"),
+    case("ANALinear-eps-does-not-broadcast", lambda: ANALinear(8, 4, eps=torch.ones(3)), ValueError,
+         r"eps of shape \(3,\) does not broadcast to the weight's shape \(4, 8\)"),
+    case("ANALinear-eps-grows-the-weight", lambda: ANALinear(8, 4, eps=torch.ones(2, 4, 8)), ValueError,
+         r"eps of shape \(2, 4, 8\) does not broadcast to the weight's shape \(4, 8\)"),
+    case("ANAConv2d-eps-per-input-channel", lambda: ANAConv2d(3, 4, 3, eps=torch.ones(3, 1, 1, 1)), ValueError,
+         r"one eps per output channel has shape \(4, 1, 1, 1\)"),
+    case("ANALinear-levels-decreasing", lambda: ANALinear(8, 4, quantizer=Q([1.0, 0.0, -1.0], [-0.5, 0.5])),
+         ValueError, r"a weight quantizer's levels must not decrease .* got levels \[1.0, 0.0, -1.0\]"),
+    case("AlphaBlendLinear-levels-decreasing", lambda: AlphaBlendLinear(8, 4, quantizer=Q([1.0, -1.0], [0.0])),
+         ValueError, "a weight quantizer's levels must not decrease"),
+    case("ANALinear-eps-rule-unknown", lambda: ANALinear(8, 4, eps="absmax"), ValueError,
+         r"weight eps must be a number, a tensor or one of \('max_abs', 'max_abs_per_channel', 'absmean'"),
+    case("ANALinear-eps-twn-binary", lambda: ANALinear(8, 4, quantizer=Q.binary(), eps="twn"), ValueError,
+         r"scale.twn: the quantiser has no positive threshold to place, got thresholds \[0.0\]"),
+    case("ANALinear-config-and-keyword", lambda: ANALinear(8, 4, sigma=0.2, config=anacuda.ANAConfig()), TypeError,
+         "either in config or as keywords, not both"),
+    case("ANAActivation-config-dict", lambda: ANAActivation(config={"sigma": 0.1}), TypeError,
+         "config must be an anacuda.ANAConfig, got dict"),
+    case("ANAConfig-noise-unknown", lambda: anacuda.ANAConfig(noise="gauss"), ValueError, "unknown noise 'gauss'"),
+    case("ANAConfig-sigma-negative", lambda: anacuda.ANAConfig(sigma=-0.1), ValueError, "sigma must be >= 0"),
+    case("ANAConfig-quantizer-string", lambda: anacuda.ANAConfig(quantizer="ternary"), TypeError,
+         "ANAConfig: quantizer must be an anacuda.Quantizer, got str"),
+    case("ANAConfig-eps-rule-unknown", lambda: anacuda.ANAConfig(eps="max"), ValueError,
+         "weight eps must be a number, a tensor or one of"),
+    case("convert-config-and-noise", lambda: convert(mlp(), weight_config=anacuda.ANAConfig(), noise="normal"),
+         TypeError, "pass noise, strategy, mu, sigma and backward_noise in the configs"),
+    case("convert-inplace-string", lambda: convert(mlp(), inplace="no"), TypeError, "inplace must be a bool, got str"),
+    case("convert-weight-eps-unknown-rule", lambda: convert(nn.Sequential(nn.Identity()), weight_eps="mean"),
+         ValueError, "weight eps must be a number, a tensor or one of"),
+    case("scale.lsq-no-positive-level", lambda: scale.lsq(torch.ones(3), Q([-2.0, -1.0], [-1.5])), ValueError,
+         "scale.lsq: the quantiser needs a positive level"),
+    case("scale.absmean-x-list", lambda: scale.absmean([1.0], Q.ternary()), TypeError, "x must be a floating tensor"),
+]
+
+
+@pytest.mark.parametrize("call, exc, match", ISSUE12_CASES)
+def test_issue12_bad_input_is_a_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

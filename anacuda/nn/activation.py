@@ -92,7 +92,7 @@ class NoiseHyperParams(nn.Module):
             f"the backward noise is the forward one): the gradient through its quantiser is exactly 0, so {what}. "
             "Give the layer a separate backward noise, e.g. "
             "backward_noise=(\"uniform\", 0, 0.5) (a layer argument, convert(..., backward_noise=...) or "
-            "ANAConfig), or stop training once sigma reaches 0. (Warned once per layer.)", stacklevel=3)
+            "ANAConfig), or stop training once sigma reaches 0. (Warned once per layer.)", stacklevel=2)
 
     def _noise_repr(self) -> str:
         s = (f"quantizer={self.quantizer}, noise={self.noise}, strategy={self.strategy}, "

@@ -76,6 +76,8 @@ def convert(
         raise ValueError(f"anacuda.convert: activations must be 'ana' or None, got {activations!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"anacuda.convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"anacuda.convert: inplace must be a bool, got {type(inplace).__name__}")
     skip = list(skip) if not isinstance(skip, (str, type)) else [skip]
     for s in skip:
         if not isinstance(s, (str, type)):
