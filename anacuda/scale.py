@@ -89,10 +89,10 @@ def min_max(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) ->
 
 
 def _mean_abs(x: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
-    def fn(t, d):  # half types are summed in float32
-        return t.abs().to(torch.float64 if t.dtype == torch.float64 else torch.float32).mean(dim=d).to(t.dtype)
-
-    return _reduce(x, dim, fn)
+    """mean|x|, summed in float64 and rounded once to x's dtype: so the result does not depend on
+    the order of the sum (eager and torch.compile's Inductor sum in different orders; in float32
+    the two differ by an ulp, which moves every quantised weight and can flip a level)."""
+    return _reduce(x, dim, lambda t, d: t.abs().to(torch.float64).mean(dim=d).to(t.dtype))
 
 
 def absmean(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) -> torch.Tensor:
@@ -146,7 +146,7 @@ WEIGHT_RULES = {
 
 #: The default weight scale of the layers, ``convert`` and ANAConfig: chosen by the measurement of
 #: docs/scales.md (scripts/scale_study.py).
-DEFAULT_WEIGHT_RULE = "max_abs_per_channel"
+DEFAULT_WEIGHT_RULE = "absmean"
 
 
 def check_weight_rule(rule: str) -> str:

@@ -430,3 +430,40 @@ def test_weight_scale_rules():
     edge = 0.7 * layer.weight.abs().mean()
     away = (layer.weight.abs() - edge).abs() > 1e-5 * edge
     assert torch.equal(zero[away], (layer.weight.abs() < edge)[away])
+
+
+def test_mean_based_scales_do_not_depend_on_the_summation_order():
+    """eps is summed in float64 and rounded once, so eager and torch.compile (which sums in its
+    own order) give the same eps and the same quantised weights; float32 sums would not."""
+    from anacuda import scale
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1 << 20, generator=g) * 0.05
+    eps = scale.absmean(w, Quantizer.ternary())
+    float32_sums = set()
+    for _ in range(4):
+        p = w[torch.randperm(w.numel(), generator=g)]
+        assert torch.equal(scale.absmean(p, Quantizer.ternary()), eps)
+        assert torch.equal(scale.twn(p.reshape(1024, -1), Quantizer.ternary()), scale.twn(w, Quantizer.ternary()))
+        float32_sums.add(p.abs().sum().item())
+    assert len(float32_sums) > 1  # the orders differ enough to move a float32 sum
+
+
+def test_the_default_weight_scale_keeps_most_weights():
+    """Issue 12: convert's default scale zeroed 93 % of a ResNet-18's ternary weights
+    (max_abs_per_channel); the default is now the rule docs/scales.md chose by measurement."""
+    from anacuda import scale
+    from anacuda.nn.layers import ANAWeight
+
+    tv = pytest.importorskip("torchvision")
+    assert scale.DEFAULT_WEIGHT_RULE == "absmean"
+    torch.manual_seed(0)
+    c = convert(tv.models.resnet18(num_classes=10), skip=["conv1", "fc"])
+    layers = [m for m in c.modules() if isinstance(m, ANAWeight)]
+    assert all(m.eps_mode == "absmean" for m in layers) and ANALinear(3, 2).eps_mode == "absmean"
+    with torch.no_grad():
+        zeros = sum(int((m.eval().quantized_weight() == 0).sum()) for m in layers)
+    assert zeros / sum(m.weight.numel() for m in layers) < 0.35  # 31 % (Gaussian: P(|w| < mean|w| / 2))
+    # every quantiser takes the default, binary included (absmean is XNOR-Net's scale there)
+    b = convert(small_cnn(), weight_quantizer=Quantizer.binary())
+    assert torch.isfinite(b(torch.randn(2, 1, 8, 8))).all()
