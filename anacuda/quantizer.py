@@ -97,6 +97,9 @@ class Quantizer:
         signed and balanced; thresholds halfway between neighbours."""
         if isinstance(nbits, bool) or not isinstance(nbits, numbers.Integral) or not 1 <= nbits <= 24:
             raise ValueError(f"anacuda.Quantizer.uniform: nbits must be an integer in [1, 24], got {nbits!r}")
+        for name, flag in (("signed", signed), ("balanced", balanced)):
+            if not isinstance(flag, bool):  # "False" from a config file would be truthy
+                raise TypeError(f"anacuda.Quantizer.uniform: {name} must be a bool, got {type(flag).__name__}")
         levels = torch.arange(2**nbits, dtype=torch.float64)
         if signed:
             levels -= 2 ** (nbits - 1)

@@ -43,8 +43,8 @@ from typing import Optional
 
 import torch
 
-from .functional import ana
-from .quantizer import Noise, Param, Quantizer, as_param, check_noise_name, check_strategy
+from .config import ANAConfig
+from .quantizer import Noise, Param, Quantizer, as_param
 
 __all__ = [
     "Estimator",
@@ -60,10 +60,10 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Estimator:
-    """A named, frozen ANA configuration: ``ana(x, quantizer, noise, mu, sigma, strategy,
-    backward_noise=backward_noise)``.
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class Estimator(ANAConfig):
+    """A named STE preset: an :class:`anacuda.ANAConfig` (quantizer, noise, mu, sigma, strategy,
+    backward_noise; eps left to the caller) with its provenance, validated once by ANAConfig.
 
     name: the preset's name. source: the estimator of the literature it reproduces and the
     formula that the tests check. exact: whether the preset reproduces that estimator exactly
@@ -72,62 +72,15 @@ class Estimator:
 
     Calling it runs the fused op: ``est(x, eps=1.0, training=True, generator=None)``.
     ``est.kwargs()`` gives the keyword arguments of :func:`anacuda.functional.ana` (quantizer
-    included), for layers or for ``F.ana(x, **est.kwargs())``. The dataclass is frozen; a new σ
-    (annealing) is ``est.with_sigma(s)``.
+    included) for ``F.ana(x, **est.kwargs())``; a layer or ``convert`` takes the preset itself
+    (``ANAActivation(config=est)``). The dataclass is frozen; a new σ (annealing) is
+    ``est.with_sigma(s)``.
     """
 
     name: str
-    quantizer: Quantizer
-    noise: str
-    mu: Param
-    sigma: Param
-    strategy: str
-    backward_noise: Optional[Noise]
     source: str
     exact: bool
     notes: str = ""
-
-    def __post_init__(self):
-        if not isinstance(self.quantizer, Quantizer):
-            raise TypeError(f"anacuda.ste.Estimator: quantizer must be an anacuda.Quantizer, got {self.quantizer!r}")
-        check_noise_name(self.noise)
-        check_strategy(self.strategy)
-        as_param(self.mu, "mu")
-        as_param(self.sigma, "sigma", "nonnegative")
-        if self.backward_noise is not None:
-            if not isinstance(self.backward_noise, Noise):
-                object.__setattr__(self, "backward_noise", Noise.of(self.backward_noise))
-            as_param(self.backward_noise.mu, "backward mu")
-            as_param(self.backward_noise.sigma, "backward sigma", "nonnegative")
-
-    def kwargs(self) -> dict:
-        """The keyword arguments of :func:`anacuda.functional.ana` for this preset: quantizer,
-        noise, mu, sigma, strategy and backward_noise (eps, training and generator are the
-        caller's)."""
-        return dict(
-            quantizer=self.quantizer,
-            noise=self.noise,
-            mu=self.mu,
-            sigma=self.sigma,
-            strategy=self.strategy,
-            backward_noise=self.backward_noise,
-        )
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        eps: Param = 1.0,
-        training: bool = True,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """``anacuda.functional.ana(x, **self.kwargs(), eps=eps, training=training,
-        generator=generator)``. With ``training=False`` every preset is the hard stair."""
-        return ana(x, eps=eps, training=training, generator=generator, **self.kwargs())
-
-    def with_sigma(self, sigma: Param) -> "Estimator":
-        """The same preset with the forward σ replaced (a fixed backward noise stays fixed)."""
-        as_param(sigma, "sigma", "nonnegative")
-        return dataclasses.replace(self, sigma=sigma)
 
     def __repr__(self) -> str:
         back = "" if self.backward_noise is None else f", backward_noise={tuple(self.backward_noise)!r}"
