@@ -122,9 +122,19 @@ def load_corpus(folder: Optional[str] = None, holdout_every: int = 7) -> Corpus:
 LinearFactory = Callable[[int, int, bool], nn.Module]  # (in, out, sub_norm) -> module
 
 
+class NormedLinear(nn.Linear):
+    """torch.nn.Linear with an RMSNorm in front: the float twin of TernaryLinear(norm=True)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__(d_in, d_out, bias=False)
+        self.norm = nn.RMSNorm(d_in)
+
+    def forward(self, x):
+        return super().forward(self.norm(x))
+
+
 def float_linear(d_in: int, d_out: int, sub_norm: bool) -> nn.Module:
-    lin = nn.Linear(d_in, d_out, bias=False)
-    return nn.Sequential(nn.RMSNorm(d_in), lin) if sub_norm else lin
+    return NormedLinear(d_in, d_out) if sub_norm else nn.Linear(d_in, d_out, bias=False)
 
 
 def bitnet_linear(d_in: int, d_out: int, sub_norm: bool) -> nn.Module:
