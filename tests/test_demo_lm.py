@@ -63,13 +63,22 @@ def test_tiny_demo_prints_three_results(capsys, restore_threads):
     assert out.count("held-out") >= 4 and "CC BY 2.5" in out and "sample:" in out
 
 
-def test_ana_run_anneals_sigma_to_zero(corpus):
+@pytest.mark.parametrize("activations", [False, True])
+def test_ana_run_anneals_sigma_to_zero(corpus, activations):
     size = D.SIZES["tiny"]
-    model = D.build("ana", len(corpus.chars), size, seed=0, noise="normal", strategy="mode")
-    ctrl = D.NoiseController(model, 4)
-    D.train(model, corpus, size, 4, 0, "cpu", "ana", ctrl, progress=False)
-    sig = [m.sigma.item() for n, m in model.named_modules() if n.endswith("_quant")]
-    assert len(sig) == 2 * 4 * size.n_layer and all(s == 0 for s in sig)
+    model = D.build("ana", len(corpus.chars), size, seed=0, noise="normal", strategy="mode",
+                    ana_activations=activations)
+    quants = {n: m for n, m in model.named_modules() if n.endswith("_quant")}
+    assert len(quants) == 2 * 4 * size.n_layer
+    for n, m in quants.items():  # activations: BitNet's (hard, unclipped STE) unless ANA is asked for them too
+        noisy = n.endswith("weight_quant") or activations
+        assert m.sigma.item() == pytest.approx(D.SIGMA0["normal"] if noisy else 0.0) and m.identity_backward == (not noisy), n
+    ctrl = D.annealer(model, 4)
+    assert sorted(ctrl.groups[0]) == sorted(n for n in quants if n.endswith("weight_quant") or activations)
+    D.train(model, corpus, size, 2, 0, "cpu", "ana", ctrl, progress=False)
+    assert all(0 < m.sigma.item() < D.SIGMA0["normal"] for n, m in quants.items() if n in ctrl.groups[0])
+    D.train(model, corpus, size, 2, 0, "cpu", "ana", ctrl, progress=False)
+    assert all(m.sigma.item() == 0 for m in quants.values())
 
 
 def test_bits_per_char_is_cross_entropy_in_bits(corpus):
