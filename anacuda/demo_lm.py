@@ -36,6 +36,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
@@ -107,8 +108,8 @@ def load_corpus(folder: Optional[str] = None, holdout_every: int = 7) -> Corpus:
     files = sorted(glob.glob(os.path.join(folder, "*_gut.txt")))
     if not files:
         raise SystemExit(f"anacuda.demo_lm: no *_gut.txt texts under {folder}")
-    works = [(os.path.basename(f)[:-len("_gut.txt")],
-              open(f, encoding="utf-8").read().replace("\r\n", "\n")) for f in files]
+    works = [(os.path.basename(f)[:-len("_gut.txt")], Path(f).read_text(encoding="utf-8").replace("\r\n", "\n"))
+             for f in files]
     chars = "".join(sorted({c for _, t in works for c in t}))
     lookup = torch.zeros(max(map(ord, chars)) + 1, dtype=torch.int64)
     lookup[[ord(c) for c in chars]] = torch.arange(len(chars))
