@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model and run size: tiny (seconds, for tests), small (CPU, a few minutes), large (GPU)")
     p.add_argument("--steps", type=int, default=None, help="training steps of each run (default: the size's)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"which of {','.join(RUNS)} to train, comma-separated")
-    p.add_argument("--noise", choices=NOISES, default="uniform", help="the ANA noise law (weights and activations)")
+    p.add_argument("--noise", choices=NOISES, default="uniform", help="the ANA noise law")
     p.add_argument("--strategy", choices=STRATEGIES, default="expectation", help="the ANA forward strategy")
     p.add_argument("--sigma0", type=float, default=None,
                    help="ANA's initial sigma in units of eps (default: 0.5 uniform/triangular, 0.255 normal, "
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the batches and the noise")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (0: torch's default). 1 by default: on a machine shared with other jobs two "
-                        "threads ran 3x slower than one (measured), and the results do not depend on the core count")
+                        "threads ran about 3x slower than one (measured), and results do not depend on the core count")
     p.add_argument("--sample", type=int, default=160, help="characters to sample from each model (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
@@ -348,6 +348,8 @@ def main(argv=None) -> dict:
     steps = size.steps if args.steps is None else args.steps
     if steps < 1:
         raise SystemExit(f"anacuda.demo_lm: --steps must be >= 1, got {steps}")
+    if args.sigma0 is not None and not args.sigma0 > 0:
+        raise SystemExit(f"anacuda.demo_lm: --sigma0 must be > 0 (ANA anneals it to 0), got {args.sigma0}")
     if args.device.startswith("cuda") and not anacuda.cuda_available():
         raise SystemExit("anacuda.demo_lm: --device cuda needs the CUDA kernels and a GPU "
                          f"(build info: {anacuda.build_info()})")

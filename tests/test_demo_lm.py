@@ -101,3 +101,5 @@ def test_command_line_checks():
         D.build_parser().parse_args(["--size", "huge"])
     with pytest.raises(SystemExit, match="--steps must be >= 1"):
         D.main(["--size", "tiny", "--steps", "0"])
+    with pytest.raises(SystemExit, match="--sigma0 must be > 0"):
+        D.main(["--size", "tiny", "--sigma0", "0"])
