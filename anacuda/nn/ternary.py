@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, compute_dtype
 from ..scale import _top
 from .activation import NoiseHyperParams
@@ -76,8 +77,9 @@ class DynamicScaleANA(NoiseHyperParams):
         super().__init__()
         self.rule = _check_rule(rule)
         self.identity_backward = isinstance(backward_noise, str) and backward_noise == IDENTITY
-        self._setup_noise(Quantizer.uniform(8, signed=True) if quantizer is None else quantizer, noise, strategy,
-                          mu, sigma, None if self.identity_backward else backward_noise)
+        self._setup_noise(ANAConfig(Quantizer.uniform(8, signed=True) if quantizer is None else quantizer, noise,
+                                    strategy, mu, sigma,
+                                    backward_noise=None if self.identity_backward else backward_noise))
         _top(self.quantizer)  # a grid with no level away from 0 has no scale: fail now, not in forward
 
     def _needed_dims(self) -> int:
