@@ -1,8 +1,9 @@
 """Straight-through estimators and their relatives as presets of the ANA op (SPEC §5).
 
 Every estimator here is one frozen choice of (quantiser, noise, σ, strategy, backward noise) for
-:func:`anacuda.functional.ana`; nothing is re-implemented. ``tests/test_ste.py`` checks each
-preset against the published formula it reproduces.
+:func:`anacuda.functional.ana` — an :class:`anacuda.ANAConfig`, which the layers and ``convert``
+take as it is; nothing is re-implemented. ``tests/test_ste.py`` checks each preset against the
+published formula it reproduces.
 
 Presets, what they reproduce, and whether exactly:
 

@@ -306,7 +306,7 @@ class NoiseController(_Clock):
 
         saved, mine = shape(config), shape(self._config())
         if saved != mine:
-            diff = ("a malformed config" if saved is None else f"{len(saved)} groups, this controller {len(mine)}"
+            diff = ("a malformed config" if saved is None else f"saved {len(saved)} groups, this controller {len(mine)}"
                     if len(saved) != len(mine) else
                     next(f"group {i}: saved {a}, this controller {b}" for i, (a, b) in enumerate(zip(saved, mine))
                          if a != b))
