@@ -20,6 +20,13 @@ def _check_input(x, quantizer, fn: str):
         raise TypeError(f"anacuda.{fn}: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
 
 
+def _check_learned_eps(eps: torch.Tensor, x: torch.Tensor, fn: str) -> None:
+    """A learned eps (SPEC §8) lives on x's device: its gradient is reduced there."""
+    if eps.requires_grad and eps.device != x.device:
+        raise ValueError(f"anacuda.{fn}: a learned eps (requires_grad) must be on the input's device {x.device}, "
+                         f"got {eps.device}")
+
+
 def ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise):
     """Checks the arguments of ana and turns them into the op's (shared with reference.ana)."""
     _check_input(x, quantizer, "ana")
@@ -27,7 +34,8 @@ def ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise):
     check_strategy(strategy)
     mu_t = as_param(mu, "mu")
     sigma_t = as_param(sigma, "sigma", "nonnegative")
-    eps_t = as_param(eps, "eps", "positive", scalar=False)
+    eps_t = as_param(eps, "eps", "positive", scalar=False, learnable=True)
+    _check_learned_eps(eps_t, x, "ana")
     if backward_noise is None:
         back = Noise(noise, mu_t, sigma_t)
     else:
@@ -57,6 +65,8 @@ def ana(
     by `backward_noise` (a ``(noise, mu, sigma)`` tuple; by default the forward noise).
     mu, sigma and eps may be numbers or tensors (on the host or x's device); tensors change
     without recompilation or synchronisation. eps broadcasts to x (e.g. shape (C, 1, 1)).
+    An eps that requires grad (on x's device) is learned: its gradient is SPEC §8's
+    ``g(u) - u g'_b(u)`` summed over the elements that share it (LSQ with the clipped STE).
     """
     mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise)
     if not isinstance(training, bool):  # 'False' from a config file would be truthy
@@ -68,7 +78,8 @@ def ana(
         seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=x.device, generator=generator)
     args = (x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, training, seed,
             back.name, back.mu, back.sigma)
-    if x.requires_grad and torch.is_grad_enabled() and ops.uses_code(back.name, thresholds):
+    # A learned eps needs u in the backward (SPEC §8): ana saves x, never the 1-byte code.
+    if x.requires_grad and torch.is_grad_enabled() and ops.uses_code(back.name, thresholds) and not eps_t.requires_grad:
         return torch.ops.anacuda._ana_coded(*args)[0]  # the backward's 1-byte code from the same pass
     return torch.ops.anacuda.ana(*args)
 
@@ -80,6 +91,7 @@ def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param 
     numbers or tensors; eps broadcasts to w (e.g. one value per output channel)."""
     _check_input(w, quantizer, "alpha_blend")
     alpha_t = as_param(alpha, "alpha", "unit")
-    eps_t = as_param(eps, "eps", "positive", scalar=False)
+    eps_t = as_param(eps, "eps", "positive", scalar=False, learnable=True)  # learned: d y / d eps = alpha Q(u)
+    _check_learned_eps(eps_t, w, "alpha_blend")
     levels, thresholds = quantizer.tables(w.device, w.dtype)
     return torch.ops.anacuda.alpha_blend(w, levels, thresholds, quantizer.uniform_grid, eps_t, alpha_t)

@@ -189,14 +189,17 @@ def _check_value(v: float, name: str, minimum: str) -> None:
         raise ValueError(f"anacuda: {name} must be in [0, 1], got {v}")
 
 
-def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True, stored: bool = False) -> torch.Tensor:
+def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True, stored: bool = False,
+             learnable: bool = False) -> torch.Tensor:
     """A hyper-parameter as a tensor the op takes.
 
     Python numbers are checked here and become float64 host tensors (no device copy). Tensors
     pass as they are (on the host or the input's device; the op checks host values, and a
     device value is never read on the host, so it causes no synchronisation). `stored`: the
     value is kept for later calls (a layer's buffer), so a host tensor's values are checked
-    now rather than at the first forward.
+    now rather than at the first forward. `learnable`: the tensor may require a gradient (eps
+    only, SPEC §8); a learned host tensor's values are checked here (outside torch.compile,
+    where the op checks them), with a ValueError, as a number's are.
     minimum: "any", "nonnegative", "positive" or "unit" (in [0, 1]).
     """
     if isinstance(value, torch.Tensor):
@@ -204,11 +207,17 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True,
             raise TypeError(f"anacuda: {name} must be a floating tensor, got {value.dtype}")
         if scalar and value.numel() != 1:
             raise ValueError(f"anacuda: {name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
-        if value.requires_grad:
-            raise ValueError(f"anacuda: {name} takes no gradient in this op; pass {name}.detach()")
+        if value.requires_grad and not learnable:
+            raise ValueError(f"anacuda: {name} takes no gradient in this op (only eps can be learned); "
+                             f"pass {name}.detach()")
         if stored and value.device.type == "cpu":
             for v in value.detach().double().reshape(-1).unique().tolist():
                 _check_value(v, name, minimum)
+        elif value.requires_grad and value.device.type == "cpu" and not torch.compiler.is_compiling():
+            v = value.detach().double().reshape(-1)
+            bad = ~torch.isfinite(v) | ((v <= 0) if minimum == "positive" else torch.zeros_like(v, dtype=torch.bool))
+            if bool(bad.any()):
+                _check_value(float(v[bad][0]), name, minimum)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"anacuda: {name} must be a number or a tensor, got {type(value).__name__}")

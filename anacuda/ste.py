@@ -16,6 +16,8 @@ Presets, what they reproduce, and whether exactly:
 - ``gaussian_smoothing(q, σ)``: the probit soft stair. Exact (by definition).
 - ``ana2019(q, σ)``: ANA 2019 (arXiv 1905.10452), forward σ annealed, backward fixed. Exact.
 - ``hardtanh_ste()``: clamp forward, clipped gradient. Exact except the gradient at x = ±1.
+- ``lsq(q)``: LSQ (learned step size), the clipped STE with a learned eps. Exact except at ties,
+  u = q_K and PyTorch's half steps beyond the range.
 
 SwishSign (BNN+) is not a special case: its gradient goes negative, an ANA gradient never does.
 
@@ -57,6 +59,7 @@ __all__ = [
     "gaussian_smoothing",
     "ana2019",
     "hardtanh_ste",
+    "lsq",
     "PRESETS",
 ]
 
@@ -362,6 +365,39 @@ def hardtanh_ste() -> Estimator:
     )
 
 
+def lsq(quantizer: Quantizer) -> Estimator:
+    """LSQ, learned step size quantisation (Esser et al., ICLR 2020): the clipped STE
+    (:func:`clipped_ste`) called with a learned eps, ``est(x, eps=s)`` with ``s`` an
+    ``nn.Parameter`` (one value, or one per channel, e.g. shape (C, 1, 1, 1)).
+
+    The gradient of eps is SPEC §8's ``g(u) − u·g'_b(u)``: ``round(u) − u`` on ``[q_0, q_K)``,
+    ``q_0`` below and ``q_K`` at and above, LSQ's step-size gradient; the input's gradient is the
+    clipped STE's. Against PyTorch's ``_fake_quantize_learnable_per_tensor_affine`` /
+    ``_per_channel_affine`` (zero point 0, grad_factor 1) both gradients are equal except at ties
+    u = k + ½ (half to even vs up), at the single point u = q_K, and on the half steps
+    ``[q_0 − ½, q_0)`` and ``[q_K, q_K + ½)``, where PyTorch clips ``round(u)`` rather than u and
+    so passes the input's gradient and gives ``round(u) − u`` for the scale.
+
+    LSQ's gradient scale ``1 / sqrt(N · q_K)`` belongs to the layer that owns the parameter
+    (SPEC §8), not to this preset. Any other noise with a learned eps is a smoothed LSQ, which
+    becomes this one as σ → 0.
+    """
+    _check_unit_grid(quantizer, "lsq", "LSQ is the clipped STE with a learned step, defined on such a grid")
+    return dataclasses.replace(
+        clipped_ste(quantizer),
+        name="lsq",
+        source=(
+            "LSQ (Esser et al., ICLR 2020); torch._fake_quantize_learnable_per_tensor_affine / _per_channel_affine "
+            "(zero point 0, grad_factor 1): gradient of the step round(u) - u inside the range, q_0 / q_K outside"
+        ),
+        notes=(
+            "call with a learned eps: est(x, eps=nn.Parameter(...)). Differs from PyTorch's learnable ops at ties "
+            "u = k + 1/2 (half to even vs up), at u = q_K, and on the half steps [q_0 - 1/2, q_0) and "
+            "[q_K, q_K + 1/2), where PyTorch clips round(u) rather than u"
+        ),
+    )
+
+
 #: Preset constructors by name.
 PRESETS = {
     "clipped_ste": clipped_ste,
@@ -372,4 +408,5 @@ PRESETS = {
     "gaussian_smoothing": gaussian_smoothing,
     "ana2019": ana2019,
     "hardtanh_ste": hardtanh_ste,
+    "lsq": lsq,
 }

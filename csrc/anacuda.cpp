@@ -41,6 +41,19 @@ TORCH_LIBRARY(anacuda, m) {
   m.def(
       "alpha_blend(Tensor w, Tensor levels, Tensor thresholds, bool uniform_grid, Tensor eps, "
       "Tensor alpha) -> Tensor");
+
+  // --- Learned scale (SPEC §8) -----------------------------------------------------------
+  // (grad_x, grad_eps) of ana in one pass: ana's arguments (the forward's g is recomputed from x,
+  // the random strategy's sample from the same seed) after the incoming gradient. grad_eps has
+  // eps's shape and dtype, reduced in the kernel for one value or one value per channel.
+  m.def(
+      "_ana_backward_eps(Tensor grad, Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, "
+      "Tensor eps, str noise, Tensor mu, Tensor sigma, str strategy, bool training, Tensor? seed, "
+      "str noise_b, Tensor mu_b, Tensor sigma_b) -> (Tensor, Tensor)");
+  // grad_eps = sum of grad * alpha * Q(w / eps) to eps's shape.
+  m.def(
+      "_alpha_blend_backward_eps(Tensor grad, Tensor w, Tensor levels, Tensor thresholds, bool uniform_grid, "
+      "Tensor eps, Tensor alpha) -> Tensor");
 }
 
 // `import anacuda._C` loads the library (and so the registrations above). The module also
