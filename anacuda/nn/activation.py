@@ -39,8 +39,8 @@ class NoiseHyperParams(nn.Module):
             self.register_buffer("sigma_b", _buffer(b.sigma, "backward sigma", "nonnegative"))
 
     def _backward_noise(self):
-        if self.backward_noise_name is None:
-            return None
+        if self.backward_noise_name in (None, "identity"):  # identity: no mu or sigma (SPEC §5)
+            return self.backward_noise_name
         return (self.backward_noise_name, self.mu_b, self.sigma_b)
 
     def _noise_repr(self) -> str:
