@@ -1,4 +1,4 @@
-"""The benchmark workloads (W1–W5) and the implementations compared on each, in one place.
+"""The benchmark workloads (W1–W5, W7) and the implementations compared on each, in one place.
 
 Used by the pytest-benchmark suite (test_kernels.py) and the table script (run.py). Every
 implementation of a workload computes the same forward (run.py checks it before timing) and a
@@ -154,6 +154,20 @@ def w4_fake_quantize(w):
     return ALPHA * q.detach() + (1 - ALPHA) * w
 
 
+# --- W7: BitNet b1.58's 8-bit per-token absmax activation quantiser with its STE, (8192, 1024) -------
+def w7_anacuda(x):
+    return F.ana(x, Q8, "uniform", 0.0, 0.0, "mode", eps="absmax_per_token", backward_noise="identity")
+
+
+def _bitnet_activation_quant(x):  # as BitNet b1.58's training code writes it
+    scale = 127.0 / x.abs().max(dim=-1, keepdim=True).values.clamp_(min=1e-5)
+    return (x * scale).round().clamp_(-128, 127) / scale
+
+
+def w7_bitnet(x):
+    return x + (_bitnet_activation_quant(x) - x).detach()
+
+
 def workloads(numel: int = 1 << 22):
     n = (numel,)
     w = (256, 256, 3, 3)
@@ -173,6 +187,9 @@ def workloads(numel: int = 1 << 22):
         Workload("W4", "alpha-blend 4-bit, per-channel eps, (256,256,3,3)", w, torch.float32, 0.05, w4, atol=1e-6),
         Workload("W5a", "W1 in bfloat16", n, torch.bfloat16, 1.0, w1, atol=0),
         Workload("W5b", "W4 in bfloat16", w, torch.bfloat16, 0.05, w4, atol=2e-2),
+        Workload("W7", "8-bit absmax per token + identity STE, (8192,1024)", (8192, 1024), torch.float32, 1.0,
+                 dict(anacuda=w7_anacuda, bitnet=w7_bitnet, compiled_bitnet=compiled(w7_bitnet)), atol=1e-5,
+                 notes=dict(bitnet="rounds ties to even")),
     ]
 
 
