@@ -168,3 +168,73 @@ def _alpha_blend_backward_eps_fake(grad, w, levels, thresholds, uniform_grid, ep
 
 
 torch.library.register_autograd("anacuda::alpha_blend", _alpha_blend_backward, setup_context=_alpha_blend_setup_context)
+
+
+# --- dynamic scales (SPEC §9): csrc/ops/dynamic.cpp -------------------------------------------
+def _dynamic_eps_shape(x, rule):
+    from .quantizer import check_scale_rule, compute_dtype, scale_shape
+
+    check_scale_rule(rule, x.shape)
+    return x.new_empty(scale_shape(x.shape, rule), dtype=compute_dtype(x.dtype))
+
+
+@torch.library.register_fake("anacuda::_dynamic_eps")
+def _dynamic_eps_fake(x, rule, reach, r_min):
+    _fresh_like(x)  # the dtype check
+    return _dynamic_eps_shape(x, rule)
+
+
+@torch.library.register_fake("anacuda::_ana_dynamic")
+def _ana_dynamic_fake(x, levels, thresholds, uniform_grid, rule, reach, r_min, noise, mu, sigma, strategy, training,
+                      seed, noise_b, mu_b, sigma_b):
+    _check_devices(x, (levels, thresholds), mu=mu, sigma=sigma, seed=seed, **{"backward mu": mu_b,
+                   "backward sigma": sigma_b})
+    return _fresh_like(x), _dynamic_eps_shape(x, rule)
+
+
+@torch.library.register_fake("anacuda::_ana_dynamic_backward")
+def _ana_dynamic_backward_fake(grad, x, eps, levels, thresholds, uniform_grid, noise_b, mu_b, sigma_b):
+    _check_devices(x, (levels, thresholds, grad, eps), **{"backward mu": mu_b, "backward sigma": sigma_b})
+    return _fresh_like(x)
+
+
+@torch.library.register_fake("anacuda::_alpha_blend_dynamic")
+def _alpha_blend_dynamic_fake(w, levels, thresholds, uniform_grid, rule, reach, r_min, alpha):
+    _check_devices(w, (levels, thresholds), alpha=alpha)
+    _dynamic_eps_shape(w, rule)
+    return _fresh_like(w)
+
+
+# The scale is a constant of the step (no gradient through it, SPEC §9): the backward is §5's at it.
+def _ana_dynamic_setup_context(ctx, inputs, output):
+    x, levels, thresholds, uniform_grid = inputs[:4]
+    noise_b, mu_b, sigma_b = inputs[13:]
+    ctx.save_for_backward(x, output[1], levels, thresholds, mu_b, sigma_b)
+    ctx.mark_non_differentiable(output[1])
+    ctx.uniform_grid = uniform_grid
+    ctx.noise_b = noise_b
+
+
+def _ana_dynamic_backward(ctx, grad, _grad_eps):
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 16
+    x, eps, levels, thresholds, mu_b, sigma_b = ctx.saved_tensors
+    gx = torch.ops.anacuda._ana_dynamic_backward(grad, x, eps, levels, thresholds, ctx.uniform_grid, ctx.noise_b,
+                                                 mu_b, sigma_b)
+    return (gx,) + (None,) * 15
+
+
+torch.library.register_autograd("anacuda::_ana_dynamic", _ana_dynamic_backward,
+                                setup_context=_ana_dynamic_setup_context)
+
+
+def _alpha_blend_dynamic_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[7])
+
+
+def _alpha_blend_dynamic_backward(ctx, grad):
+    return _alpha_blend_backward(ctx, grad)[:1] + (None,) * 7
+
+
+torch.library.register_autograd("anacuda::_alpha_blend_dynamic", _alpha_blend_dynamic_backward,
+                                setup_context=_alpha_blend_dynamic_setup_context)

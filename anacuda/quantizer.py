@@ -12,6 +12,8 @@ from typing import NamedTuple, Sequence, Union
 import torch
 
 NOISES = ("uniform", "triangular", "normal", "logistic")
+#: A backward noise may also be "identity": the gradient passes unchanged (SPEC §5, the unclipped STE).
+IDENTITY = "identity"
 STRATEGIES = ("expectation", "mode", "random")
 
 Param = Union[float, torch.Tensor]
@@ -71,6 +73,7 @@ class Quantizer:
         self._thresholds = th
         # Python numbers, so that code traced by torch.compile reads no tensor value.
         self.min_level, self.max_level = float(lv.min()), float(lv.max())
+        self.first_level, self.last_level = float(lv[0]), float(lv[-1])  # q_0, q_K (grid_reach)
         # Equally spaced thresholds let the kernels find an element's bin by arithmetic; the
         # flag is only a hint (the kernels compare against the stored thresholds either way).
         k = th.numel()
@@ -166,9 +169,14 @@ class Quantizer:
         return hash((tuple(self._levels.tolist()), tuple(self._thresholds.tolist())))
 
 
-def check_noise_name(name) -> str:
-    if name not in NOISES:
-        raise ValueError(f"anacuda: unknown noise {name!r}; expected one of {', '.join(NOISES)}")
+def check_noise_name(name, backward: bool = False) -> str:
+    """A noise law's name; `backward`: a backward noise, which may also be "identity"."""
+    if name == IDENTITY and not backward:
+        raise ValueError("anacuda: 'identity' is a backward noise only (backward_noise='identity', the unclipped "
+                         f"STE); the forward noise is one of {', '.join(NOISES)}")
+    if name not in NOISES and name != IDENTITY:
+        raise ValueError(f"anacuda: unknown noise {name!r}; expected one of {', '.join(NOISES)}"
+                         + (" (or 'identity', for a backward noise)" if backward else ""))
     return name
 
 
@@ -235,7 +243,8 @@ class Noise(NamedTuple):
 
     @classmethod
     def of(cls, spec) -> "Noise":
-        """A Noise from a Noise, a (name, mu, sigma) tuple, or a name (mu = 0, sigma = 0.5)."""
+        """A backward noise from a Noise, a (name, mu, sigma) tuple, or a name (mu = 0, sigma =
+        0.5). "identity" (SPEC §5) has no mu or sigma: give it by its name."""
         if isinstance(spec, Noise):
             noise = spec
         elif isinstance(spec, str):
@@ -244,5 +253,54 @@ class Noise(NamedTuple):
             noise = cls(*spec)
         else:
             raise TypeError(f"anacuda: a noise is a name or a (name, mu, sigma) tuple, got {spec!r}")
-        check_noise_name(noise.name)
+        check_noise_name(noise.name, backward=True)
+        if noise.name == IDENTITY and not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v == d
+                                              for v, d in ((noise.mu, 0.0), (noise.sigma, 0.5))):
+            raise ValueError(f"anacuda: the 'identity' backward has no mu or sigma; pass backward_noise='identity', "
+                             f"got {spec!r}")
         return noise
+
+
+# --- dynamic scales (SPEC §9) -----------------------------------------------------------------
+#: The rules an `eps` may name: (reduction, group); channel = dim 0, token = the last dimension.
+SCALE_RULES = {
+    "absmax_per_token": ("max", "token"),
+    "absmean": ("mean", "tensor"),
+    "absmax": ("max", "tensor"),
+    "absmean_per_channel": ("mean", "channel"),
+    "absmax_per_channel": ("max", "channel"),
+}
+#: r_min of SPEC §9: the floor of r, so that an all-zero group quantises to 0.
+SCALE_FLOOR = 1e-5
+
+
+def grid_reach(quantizer: Quantizer) -> float:
+    """c of SPEC §9: the largest magnitude the grid reaches on both sides of 0 (q_K if q_0 >= 0)."""
+    q0, qk = quantizer.first_level, quantizer.last_level
+    if q0 < 0 < qk:
+        return min(-q0, qk)
+    if q0 >= 0 and qk > 0:
+        return qk
+    raise ValueError(f"anacuda: a dynamic scale needs a grid that reaches above 0, got levels {q0:g} … {qk:g}")
+
+
+def check_scale_rule(rule, shape) -> str:
+    """A rule of SPEC §9 for an input of `shape` (a token needs 2 dimensions, a channel 1)."""
+    if rule not in SCALE_RULES:
+        raise ValueError(f"anacuda: eps: unknown scale rule {rule!r}; expected a number, a tensor or one of "
+                         f"{', '.join(SCALE_RULES)}")
+    need = {"token": 2, "channel": 1, "tensor": 0}[SCALE_RULES[rule][1]]
+    if len(shape) < need:
+        raise ValueError(f"anacuda: the scale rule {rule!r} needs an input of at least {need} dimensions, "
+                         f"got shape {tuple(shape)}")
+    return rule
+
+
+def scale_shape(shape, rule: str) -> tuple:
+    """The shape of a rule's eps for an input of `shape`: it broadcasts to the input."""
+    group = SCALE_RULES[rule][1]
+    if group == "token":
+        return tuple(shape[:-1]) + (1,)
+    if group == "channel":
+        return (shape[0],) + (1,) * (len(shape) - 1)
+    return ()

@@ -1,4 +1,4 @@
-"""The benchmark workloads (W1–W5) and the implementations compared on each, in one place.
+"""The benchmark workloads (W1–W5, W7) and the implementations compared on each, in one place.
 
 Used by the pytest-benchmark suite (test_kernels.py) and the table script (run.py). Every
 implementation of a workload computes the same forward (run.py checks it before timing) and a
@@ -207,6 +207,18 @@ def w6b_learnable(x):
 
 def w6b_composite(x):
     return lsq_composite(x, W6B_SCALE(x), -128, 127)
+# --- W7: BitNet b1.58's 8-bit per-token absmax activation quantiser with its STE, (8192, 1024) -------
+def w7_anacuda(x):
+    return F.ana(x, Q8, "uniform", 0.0, 0.0, "mode", eps="absmax_per_token", backward_noise="identity")
+
+
+def _bitnet_activation_quant(x):  # as BitNet b1.58's training code writes it
+    scale = 127.0 / x.abs().max(dim=-1, keepdim=True).values.clamp_(min=1e-5)
+    return (x * scale).round().clamp_(-128, 127) / scale
+
+
+def w7_bitnet(x):
+    return x + (_bitnet_activation_quant(x) - x).detach()
 
 
 def workloads(numel: int = 1 << 22):
@@ -236,6 +248,9 @@ def workloads(numel: int = 1 << 22):
                  dict(anacuda=w6b_anacuda, pytorch_learnable=w6b_learnable, composite=w6b_composite,
                       compiled_composite=compiled(w6b_composite)), atol=1e-6,
                  notes=dict(pytorch_learnable="clips round(u): the half steps beyond the range differ")),
+        Workload("W7", "8-bit absmax per token + identity STE, (8192,1024)", (8192, 1024), torch.float32, 1.0,
+                 dict(anacuda=w7_anacuda, bitnet=w7_bitnet, compiled_bitnet=compiled(w7_bitnet)), atol=1e-5,
+                 notes=dict(bitnet="rounds ties to even")),
     ]
 
 

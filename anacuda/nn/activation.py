@@ -59,8 +59,8 @@ class NoiseHyperParams(nn.Module):
         self._note_sigma(_host_value(config.sigma))
 
     def _backward_noise(self):
-        if self.backward_noise_name is None:
-            return None
+        if self.backward_noise_name in (None, "identity"):  # identity: no mu or sigma (SPEC §5)
+            return self.backward_noise_name
         return (self.backward_noise_name, self.mu_b, self.sigma_b)
 
     def _note_sigma(self, sigma: Optional[float], name: Optional[str] = None) -> None:
