@@ -42,7 +42,7 @@ demo: build
 	$(PYTHON) -m examples.demo
 
 demo-lm: build
-	$(PYTHON) -m anacuda.demo_lm
+	$(PYTHON) -m examples.demo_lm
 
 experiments: build
 	$(PYTHON) -m references.experiments --grid reduced

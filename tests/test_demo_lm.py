@@ -1,11 +1,11 @@
-"""The language-model demo (python3 -m anacuda.demo_lm), in its tiny form."""
+"""The language-model demo (python3 -m examples.demo_lm), in its tiny form."""
 
 import math
 
 import pytest
 import torch
 
-from anacuda import demo_lm as D
+from examples import demo_lm as D
 from anacuda.nn import BitLinear, TernaryLinear
 
 

@@ -210,7 +210,7 @@ def test_state_dict_round_trip():
 def test_compiled_block_fullgraph_no_recompile():
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    from anacuda.demo_lm import Block, ana_linear, bitnet_linear
+    from examples.demo_lm import Block, ana_linear, bitnet_linear
 
     torch._dynamo.reset()
     for make in (ana_linear("normal", "expectation", 0.25), bitnet_linear):

