@@ -153,12 +153,15 @@ def _alpha_blend_backward(ctx, grad):
     geps = None
     if ctx.needs_input_grad[4]:
         geps = torch.ops.anacuda._alpha_blend_backward_eps(grad, w, levels, thresholds, ctx.uniform_grid, eps, alpha)
-    # No gradient through the quantised term (SPEC §6): one multiply, no kernel of its own.
-    if not ctx.needs_input_grad[0]:
-        return None, None, None, None, geps, None
-    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32  # half types: computed in float32
-    gw = (grad.to(acc) * (1 - alpha.to(acc).reshape(()))).to(grad.dtype)
+    gw = _blend_grad(grad, alpha) if ctx.needs_input_grad[0] else None
     return gw, None, None, None, geps, None
+
+
+def _blend_grad(grad, alpha):
+    """(1 - alpha) * grad: no gradient through the quantised term (SPEC §6), one multiply, no kernel
+    of its own; half types computed in float32."""
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    return (grad.to(acc) * (1 - alpha.to(acc).reshape(()))).to(grad.dtype)
 
 
 @torch.library.register_fake("anacuda::_alpha_blend_backward_eps")
@@ -233,7 +236,8 @@ def _alpha_blend_dynamic_setup_context(ctx, inputs, output):
 
 
 def _alpha_blend_dynamic_backward(ctx, grad):
-    return _alpha_blend_backward(ctx, grad)[:1] + (None,) * 7
+    (alpha,) = ctx.saved_tensors
+    return (_blend_grad(grad, alpha) if ctx.needs_input_grad[0] else None,) + (None,) * 7
 
 
 torch.library.register_autograd("anacuda::_alpha_blend_dynamic", _alpha_blend_dynamic_backward,
