@@ -46,7 +46,7 @@ import anacuda
 from anacuda import NOISES, STRATEGIES
 from anacuda.nn import BitLinear, NoiseController, TernaryLinear, quantised_modules
 
-#: σ0 of each noise: nearly all of its mass within half a step (as anacuda.demo).
+#: σ0 of each noise: nearly all of its mass within half a step (as examples.demo).
 SIGMA0 = {"uniform": 0.5, "triangular": 0.5, "normal": 0.25511, "logistic": 0.13648}
 
 RUNS = ("float", "bitnet", "ana")

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import anacuda  # noqa: E402
 from anacuda import scale  # noqa: E402
-from anacuda.experiments import core as C  # noqa: E402
+from references.experiments import core as C  # noqa: E402
 from anacuda.nn import NoiseController, convert  # noqa: E402
 from anacuda.nn.layers import ANAWeight  # noqa: E402
 
