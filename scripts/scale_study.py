@@ -2,6 +2,10 @@
 
     python3 scripts/scale_study.py [--out docs/scales.md] [--results results.json] [--quick]
 
+`--results` keeps every result in a JSON file and reuses what it holds (a killed run resumes).
+docs/scales.json holds the run of docs/scales.md: `--results docs/scales.json` re-renders that
+report without training; a fresh measurement leaves it out.
+
 Compares the rules of anacuda.scale.WEIGHT_RULES (max_abs and absmean per tensor and per output
 channel, TWN's threshold, LSQ's initial step) with ternary weights and activations:
 
@@ -14,7 +18,7 @@ channel, TWN's threshold, LSQ's initial step) with ternary weights and activatio
    budget (NoiseController, sigma annealed to 0); the test accuracy of the result (eval mode =
    the frozen network) for 3 seeds, on the demo's CNN and on a ResNet-18 adapted to 8x8 inputs.
 
-The training recipe is the demo's (anacuda/experiments/core.py: Adam, cosine learning rate, ANA
+The training recipe is the demo's (the experiments' core module: Adam, cosine learning rate, ANA
 at a third of the float learning rate). Writes a markdown report (docs/scales.md). One thread.
 """
 
@@ -32,7 +36,8 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import anacuda  # noqa: E402
 from anacuda import scale  # noqa: E402
@@ -249,7 +254,7 @@ can be downloaded on this machine.
 
 ## Digits, the demo's CNN (width {cnn['width']})
 
-A float CNN (conv-BN-ReLU ×3, the demo's, `anacuda/experiments/core.py`) trained
+A float CNN (conv-BN-ReLU ×3, the demo's, `{os.path.relpath(C.__file__, ROOT)}`) trained
 {cnn['float_epochs']} epochs (Adam, lr 3e-3, cosine), converted with each rule, then trained with ANA
 {cnn['ana_epochs']} epochs (lr 1e-3, σ annealed 0.5 → 0 by a NoiseController). Test accuracy on the
 599 held-out digits; mean ± standard deviation over seeds {seeds}.
