@@ -1,6 +1,10 @@
 """Which weight scale should `convert` and the ANA layers use by default? A measurement.
 
-    python3 scripts/scale_study.py [--out docs/scales.md] [--quick]
+    python3 scripts/scale_study.py [--out docs/scales.md] [--results results.json] [--quick]
+
+`--results` keeps every result in a JSON file and reuses what it holds (a killed run resumes).
+docs/scales.json holds the run of docs/scales.md: `--results docs/scales.json` re-renders that
+report without training; a fresh measurement leaves it out.
 
 Compares the rules of anacuda.scale.WEIGHT_RULES (max_abs and absmean per tensor and per output
 channel, TWN's threshold, LSQ's initial step) with ternary weights and activations:
@@ -14,7 +18,7 @@ channel, TWN's threshold, LSQ's initial step) with ternary weights and activatio
    budget (NoiseController, sigma annealed to 0); the test accuracy of the result (eval mode =
    the frozen network) for 3 seeds, on the demo's CNN and on a ResNet-18 adapted to 8x8 inputs.
 
-The training recipe is the demo's (anacuda/experiments/core.py: Adam, cosine learning rate, ANA
+The training recipe is the demo's (the experiments' core module: Adam, cosine learning rate, ANA
 at a third of the float learning rate). Writes a markdown report (docs/scales.md). One thread.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import statistics
@@ -31,7 +36,8 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import anacuda  # noqa: E402
 from anacuda import scale  # noqa: E402
@@ -82,30 +88,65 @@ def at_init(make, skip):
     return {rule: zero_fraction(convert(model, weight_eps=rule, skip=skip)) for rule in RULES}
 
 
-def study(make, name, data, seeds, float_epochs, ana_epochs, lr, batch_size, log, wq=None):
+class Cache:
+    """Results so far, one JSON file (`--results`): a killed run resumes where it stopped."""
+
+    def __init__(self, path):
+        self.path, self.data = path, {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.data = json.load(f)
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, value):
+        self.data[key] = value
+        if self.path:
+            with open(self.path + ".tmp", "w") as f:
+                json.dump(self.data, f)
+            os.replace(self.path + ".tmp", self.path)
+
+
+def study(make, name, data, seeds, float_epochs, ana_epochs, lr, batch_size, log, cache, wq=None):
     """Per seed: a float network, then each rule's conversion (weights on `wq`, default ternary)
     and ANA training."""
     rows = {rule: dict(zeros=[], conv_acc=[], acc=[]) for rule in RULES}
     float_accs, secs = [], 0.0
     for seed in seeds:
         t0 = time.process_time()
-        torch.manual_seed(seed)
-        float_model = make()
-        C.train(float_model, data, epochs=float_epochs, lr=lr, batch_size=batch_size, seed=seed)
-        float_accs.append(C.accuracy(float_model, data.x_test, data.y_test))
-        for rule in RULES:
-            torch.manual_seed(seed)
-            model = convert(copy.deepcopy(float_model), weight_eps=rule, weight_quantizer=wq, skip=C.FLOAT_LAYERS)
-            r = rows[rule]
-            r["zeros"].append(zero_fraction(model))
-            r["conv_acc"].append(C.accuracy(model, data.x_test, data.y_test))
-            model.train()
-            ctl = NoiseController(model, ana_epochs)
-            C.train(model, data, epochs=ana_epochs, lr=lr / 3, batch_size=batch_size, seed=seed, controller=ctl)
-            r["acc"].append(C.accuracy(model, data.x_test, data.y_test))
-            log(f"{name} seed {seed} {rule:<20} zeros {100 * r['zeros'][-1]:5.1f}%  at conversion "
-                f"{100 * r['conv_acc'][-1]:5.1f}%  after ANA {100 * r['acc'][-1]:5.1f}%")
-        secs += time.process_time() - t0
+        float_model = None
+        for rule in [None] + RULES:
+            key = f"{name}|{float_epochs}+{ana_epochs} epochs|seed {seed}|{rule or 'float'}"
+            got = cache.get(key)
+            if got is None:
+                if float_model is None:
+                    torch.manual_seed(seed)
+                    float_model = make()
+                    C.train(float_model, data, epochs=float_epochs, lr=lr, batch_size=batch_size, seed=seed)
+                if rule is None:
+                    got = dict(acc=C.accuracy(float_model, data.x_test, data.y_test))
+                else:
+                    torch.manual_seed(seed)
+                    model = convert(copy.deepcopy(float_model), weight_eps=rule, weight_quantizer=wq,
+                                    skip=C.FLOAT_LAYERS)
+                    got = dict(zeros=zero_fraction(model), conv_acc=C.accuracy(model, data.x_test, data.y_test))
+                    model.train()
+                    ctl = NoiseController(model, ana_epochs)
+                    C.train(model, data, epochs=ana_epochs, lr=lr / 3, batch_size=batch_size, seed=seed,
+                            controller=ctl)
+                    got["acc"] = C.accuracy(model, data.x_test, data.y_test)
+                    log(f"{name} seed {seed} {rule:<20} zeros {100 * got['zeros']:5.1f}%  at conversion "
+                        f"{100 * got['conv_acc']:5.1f}%  after ANA {100 * got['acc']:5.1f}%")
+                got["cpu_s"] = time.process_time() - t0
+                t0 = time.process_time()
+                cache.put(key, got)
+            secs += got["cpu_s"]
+            if rule is None:
+                float_accs.append(got["acc"])
+            else:
+                for k in ("zeros", "conv_acc", "acc"):
+                    rows[rule][k].append(got[k])
     return rows, float_accs, secs
 
 
@@ -154,10 +195,10 @@ def summary(studies) -> str:
     undefined = [f"`{r}`" for r in RULES if not for_every_quantiser(r)]
     return "\n".join(lines) + f"""
 
-Best mean over the four studies among the rules that every quantiser can take: **`{best}`**. On
-the ternary studies alone the best mean is `{best_t}`. {', '.join(undefined) or 'No rule'} cannot
-serve as a default for every grid (TWN places the smallest positive threshold, and binary's only
-threshold is 0). The default of `convert` and the layers,
+Best mean over the four studies among the rules that every quantiser can take: **`{best}`**.
+On the ternary studies alone the best mean is `{best_t}`. {', '.join(undefined) or 'No rule'}
+cannot serve as a default for every grid (TWN places the smallest positive threshold, and
+binary's only threshold is 0). The default of `convert` and the layers,
 `anacuda.scale.DEFAULT_WEIGHT_RULE`, is `{scale.DEFAULT_WEIGHT_RULE}`."""
 
 
@@ -166,13 +207,14 @@ def main(argv=None):
     p.add_argument("--out", help="write the markdown report here (default: stdout)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch each (a smoke test of the script)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--results", help="keep each result in this JSON file and reuse it (resume a killed run)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [0] if args.quick else list(range(args.seeds))
     cnn = dict(width=16, float_epochs=1 if args.quick else 10, ana_epochs=1 if args.quick else 10)
     res = dict(float_epochs=1 if args.quick else 3, ana_epochs=1 if args.quick else 4)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    started = time.process_time()
+    cache = Cache(args.results)
 
     import torchvision
 
@@ -181,26 +223,27 @@ def main(argv=None):
                                    ["features.0.0", "classifier.1"])}
     data = C.load_digits(split_seed=0)
     cnn_rows, cnn_float, cnn_s = study(lambda: C.make_cnn(cnn["width"]), "cnn", data, seeds, cnn["float_epochs"],
-                                       cnn["ana_epochs"], 3e-3, 64, log)
+                                       cnn["ana_epochs"], 3e-3, 64, log, cache)
     res_rows, res_float, res_s = study(resnet18_digits, "resnet18", data, seeds, res["float_epochs"],
-                                       res["ana_epochs"], 1e-3, 64, log)
+                                       res["ana_epochs"], 1e-3, 64, log, cache)
     # wider grids: 4-bit weights (levels -7 ... 7), ternary activations; fewer seeds for the ResNet
     q4 = anacuda.Quantizer.uniform(4, signed=True, balanced=True)
     cnn4_rows, cnn4_float, cnn4_s = study(lambda: C.make_cnn(cnn["width"]), "cnn 4-bit", data, seeds,
-                                          cnn["float_epochs"], cnn["ana_epochs"], 3e-3, 64, log, wq=q4)
+                                          cnn["float_epochs"], cnn["ana_epochs"], 3e-3, 64, log, cache, wq=q4)
     res4_rows, res4_float, res4_s = study(resnet18_digits, "resnet18 4-bit", data, seeds[:1], res["float_epochs"],
-                                          res["ana_epochs"], 1e-3, 64, log, wq=q4)
+                                          res["ana_epochs"], 1e-3, 64, log, cache, wq=q4)
 
     init_lines = ["| weight eps | " + " | ".join(init) + " |", "|---|" + "---|" * len(init)]
     for rule in RULES:
         init_lines.append(f"| `{rule}` | " + " | ".join(f"{100 * init[n][rule]:.1f} %" for n in init) + " |")
     report = f"""# Choosing the default weight scale
 
-Generated by `python3 scripts/scale_study.py{' --quick' if args.quick else ''}` on {machine()};
-{(time.process_time() - started) / 60:.1f} CPU-minutes in all (digits CNN {cnn_s / 60:.1f}, ResNet-18
-{res_s / 60:.1f}; with 4-bit weights {cnn4_s / 60:.1f} and {res4_s / 60:.1f}). Ternary weights and
-activations unless stated, uniform noise σ = 0.5, strategy mode (the defaults of `convert`); the
-first and the last layer stay float.
+Generated by `python3 scripts/scale_study.py{' --quick' if args.quick else ''}` on {machine()}.
+CPU time of the training: {(cnn_s + res_s + cnn4_s + res4_s) / 60:.1f} minutes (digits CNN {cnn_s / 60:.1f},
+ResNet-18 {res_s / 60:.1f}; with 4-bit weights {cnn4_s / 60:.1f} and {res4_s / 60:.1f}).
+
+Ternary weights and activations unless stated, uniform noise σ = 0.5, strategy mode (the defaults
+of `convert`); the first and the last layer stay float. The default rule is chosen at the end.
 
 ## Zero weights at conversion, random initialisation
 
@@ -211,7 +254,7 @@ can be downloaded on this machine.
 
 ## Digits, the demo's CNN (width {cnn['width']})
 
-A float CNN (conv-BN-ReLU ×3, the demo's, `anacuda/experiments/core.py`) trained
+A float CNN (conv-BN-ReLU ×3, the demo's, `{os.path.relpath(C.__file__, ROOT)}`) trained
 {cnn['float_epochs']} epochs (Adam, lr 3e-3, cosine), converted with each rule, then trained with ANA
 {cnn['ana_epochs']} epochs (lr 1e-3, σ annealed 0.5 → 0 by a NoiseController). Test accuracy on the
 599 held-out digits; mean ± standard deviation over seeds {seeds}.
