@@ -363,3 +363,18 @@ def op_args(x, q, noise, mu, sigma, strategy, training, eps, seed, noise_b=None)
     f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     return (x, lv, th, q.uniform_grid, eps, noise, f64(mu), f64(sigma), strategy, training, seed, noise_b or noise,
             f64(mu), f64(sigma))
+
+
+# --- BitNet b1.58's public quantisers, as its training code writes them (an outside oracle) ----------
+def bitnet_activation_quant(x):
+    """ Per-token quantization to 8 bits. No grouping is needed for quantization. """
+    scale = 127.0 / x.abs().max(dim=-1, keepdim=True).values.clamp_(min=1e-5)
+    y = (x * scale).round().clamp_(-128, 127) / scale
+    return y
+
+
+def bitnet_weight_quant(w):
+    """ Per-tensor quantization to 1.58 bits. No grouping is needed for quantization. """
+    scale = 1.0 / w.abs().mean().clamp_(min=1e-5)
+    u = (w * scale).round().clamp_(-1, 1) / scale
+    return u

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import DEVICES, DTYPES, F, Q, R, assert_close, assert_equal, grad_scale, scale_of
+from conftest import bitnet_activation_quant as activation_quant, bitnet_weight_quant as weight_quant
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread", "cpu_path")  # every test on both CPU paths
 
@@ -152,19 +153,7 @@ def test_alpha_blend_at_a_rule(device, rule):
         assert_equal(a.grad, b.grad)
 
 
-# --- BitNet b1.58, as its public code writes it ----------------------------------------------------
-def activation_quant(x):
-    scale = 127.0 / x.abs().max(dim=-1, keepdim=True).values.clamp_(min=1e-5)
-    y = (x * scale).round().clamp_(-128, 127) / scale
-    return y
-
-
-def weight_quant(w):
-    scale = 1.0 / w.abs().mean().clamp_(min=1e-5)
-    u = (w * scale).round().clamp_(-1, 1) / scale
-    return u
-
-
+# --- BitNet b1.58, as its public code writes it (conftest) ----------------------------------------
 def _away_from_ties(u, thresholds):
     return ((u.unsqueeze(-1) - thresholds.to(u)).abs() > 1e-4 * (1 + u.abs().unsqueeze(-1))).all(-1)
 

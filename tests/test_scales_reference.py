@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from anacuda import Quantizer, reference
+from conftest import bitnet_activation_quant, bitnet_weight_quant
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -138,15 +139,7 @@ def test_alpha_blend_learned_eps_gradient():
     torch.testing.assert_close(eps.grad, expected)
 
 
-# --- dynamic scales against BitNet b1.58's public code (§9) --------------------------------------
-def bitnet_activation_quant(x):  # as BitNet b1.58's training code writes it
-    scale = 127.0 / x.abs().max(dim=-1, keepdim=True).values.clamp_(min=1e-5)
-    return (x * scale).round().clamp_(-128, 127) / scale
-
-
-def bitnet_weight_quant(w):
-    scale = 1.0 / w.abs().mean().clamp_(min=1e-5)
-    return (w * scale).round().clamp_(-1, 1) / scale
+# --- dynamic scales against BitNet b1.58's public code (§9; conftest writes it) --------------------
 
 
 def _near_a_tie(u, thresholds):

@@ -7,23 +7,12 @@ import torch
 from torch import nn
 
 from anacuda import NOISES, STRATEGIES, Quantizer
+from conftest import bitnet_activation_quant as activation_quant, bitnet_weight_quant as weight_quant
 from anacuda.nn import ANALinear, BitLinear, DynamicScaleANA, NoiseController, TernaryLinear
 from anacuda.nn.ternary import dynamic_eps
 
 
 # --- BitNet b1.58, as its public code writes it ("The Era of 1-bit LLMs: Training Tips, Code and FAQ") ---
-def activation_quant(x):
-    """ Per-token quantization to 8 bits. No grouping is needed for quantization. """
-    scale = 127.0 / x.abs().max(dim=-1, keepdim=True).values.clamp_(min=1e-5)
-    y = (x * scale).round().clamp_(-128, 127) / scale
-    return y
-
-
-def weight_quant(w):
-    """ Per-tensor quantization to 1.58 bits. No grouping is needed for quantization. """
-    scale = 1.0 / w.abs().mean().clamp_(min=1e-5)
-    u = (w * scale).round().clamp_(-1, 1) / scale
-    return u
 
 
 def weight_quant_per_row(w):

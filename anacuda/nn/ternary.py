@@ -23,13 +23,13 @@ from torch import nn
 
 from .. import functional as F
 from ..config import ANAConfig
-from ..quantizer import Param, Quantizer, compute_dtype
+from ..quantizer import SCALE_FLOOR, Param, Quantizer, compute_dtype
+from ..quantizer import SCALE_RULES as _RULES
 from ..scale import _top
 from .activation import NoiseHyperParams
 
-#: The rules of SPEC §9 (channel = dim 0): eps = max(r(|x|), R_MIN) / c.
-SCALE_RULES = ("absmax_per_token", "absmean", "absmax", "absmean_per_channel", "absmax_per_channel")
-R_MIN = 1e-5
+#: The rules of SPEC §9 (channel = dim 0): eps = max(r(|x|), SCALE_FLOOR) / c; anacuda.quantizer's.
+SCALE_RULES = tuple(_RULES)
 IDENTITY = "identity"  # the unclipped STE as a backward "noise" (SPEC §5)
 
 
@@ -46,7 +46,7 @@ def dynamic_eps(x: torch.Tensor, rule: str, quantizer: Quantizer) -> torch.Tenso
         flat = a.reshape(a.shape[0], -1)
         r = (flat.mean(dim=1) if rule == "absmean_per_channel" else flat.amax(dim=1))
         r = r.reshape((-1,) + (1,) * (a.dim() - 1))
-    return r.clamp(min=R_MIN) / _top(quantizer)
+    return r.clamp(min=SCALE_FLOOR) / _top(quantizer)
 
 
 def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
