@@ -3,8 +3,14 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
-# The packages the build, tests, demo and benchmarks need (torch itself: see `deps`).
-DEPS := ninja numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision
+# The packages the build, tests, demo and benchmarks need (torch itself: see `deps`); the last
+# seven are the exporters' (anacuda.export) readers and writers, tested in tests/test_export.py.
+DEPS := ninja numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn torchvision \
+	gguf onnx onnxruntime onnxscript safetensors transformers accelerate
+# torchao: the peer QAT library of benchmarks/train_step.py. Pinned: it declares no torch
+# requirement and each release follows recent torch releases; 0.18.0 installs and runs next to
+# torch 2.14.1 (bump it with torch).
+TORCHAO := torchao==0.18.0
 RESULTS := benchmarks/results
 
 .PHONY: help deps build test demo experiments bench figures sanitize gpu-check gpu-check-dry clean
@@ -15,8 +21,9 @@ help:
 # torch: a CUDA build when none is installed (so the CUDA kernels compile wherever nvcc is).
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
-	@$(PYTHON) -c "import ninja, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision" 2>/dev/null \
+	@$(PYTHON) -c "import ninja, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision, gguf, onnx, onnxruntime, onnxscript, safetensors, transformers, accelerate" 2>/dev/null \
 		|| $(PIP) install $(DEPS)
+	@$(PYTHON) -c "import torchao" 2>/dev/null || $(PIP) install "$(TORCHAO)"
 
 # The developer build: the extension in place (anacuda/_C*.so), incrementally, which is what the
 # tests, the demo and the benchmarks import from the checkout. The user install is
@@ -37,6 +44,8 @@ experiments: build
 bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
 	$(PYTHON) benchmarks/memory.py --out $(RESULTS)
+	$(PYTHON) benchmarks/train_step.py --out $(RESULTS)
+	$(PYTHON) benchmarks/small_tensors.py --out $(RESULTS)
 
 # The CPU extension under AddressSanitizer + UndefinedBehaviorSanitizer, and the op tests.
 sanitize: deps

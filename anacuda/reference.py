@@ -140,20 +140,28 @@ class _ReferenceANA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, levels, thresholds, eps, noise, mu, sigma, strategy, training, back, generator):
         acc = compute_dtype(x.dtype)
+        ctx.eps_shape, ctx.eps_dtype = eps.shape, eps.dtype
         xf, eps = x.to(acc), eps.to(device=x.device, dtype=acc)
         u = xf / eps
-        y = eps * _ana_forward(u - mu.to(u), levels, thresholds, noise, sigma.to(u), strategy, training, generator)
-        ctx.save_for_backward(x, levels, thresholds, eps)
+        g = _ana_forward(u - mu.to(u), levels, thresholds, noise, sigma.to(u), strategy, training, generator)
+        ctx.save_for_backward(x, levels, thresholds, eps, g if ctx.needs_input_grad[3] else None)
         ctx.back = back
-        return y.to(x.dtype)
+        return (eps * g).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        x, levels, thresholds, eps = ctx.saved_tensors
+        x, levels, thresholds, eps, g = ctx.saved_tensors
         name, mu_b, sigma_b = ctx.back
         u = x.to(eps.dtype) / eps
         d = stair_derivative(u - mu_b.to(u), levels, thresholds, name, sigma_b.to(u))
-        return (grad.to(d.dtype) * d).to(x.dtype), None, None, None, None, None, None, None, None, None, None
+        grad = grad.to(d.dtype)
+        grad_eps = None
+        if ctx.needs_input_grad[3]:
+            # SPEC §8: dy/deps = g(u) - u g'_b(u), with g what the forward produced; at ±inf
+            # g'_b = 0 and the term is the saturated level (never inf * 0).
+            term = g - torch.where(torch.isinf(u), torch.zeros_like(u), u * d)
+            grad_eps = (grad * term).sum_to_size(ctx.eps_shape).to(ctx.eps_dtype)
+        return (grad * d).to(x.dtype), None, None, grad_eps, None, None, None, None, None, None, None
 
 
 def ana(
@@ -170,7 +178,13 @@ def ana(
 ) -> torch.Tensor:
     """Reference of anacuda.functional.ana (same signature and semantics). The random strategy
     draws its noise from torch.rand: equal in distribution to the kernels, not sample by sample."""
-    mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise)
+    if isinstance(eps, str):
+        eps = dynamic_eps(x, quantizer, eps)
+    learned = eps if isinstance(eps, torch.Tensor) and eps.requires_grad else None
+    mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy,
+                                          eps if learned is None else eps.detach(), backward_noise)
+    if learned is not None:
+        eps_t = learned  # SPEC §8: autograd through eps
     acc = compute_dtype(x.dtype)
     levels = quantizer.levels.to(device=x.device, dtype=acc)
     thresholds = quantizer.thresholds.to(device=x.device, dtype=acc)
@@ -189,11 +203,58 @@ def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param 
 
     _check_input(w, quantizer, "alpha_blend")
     acc = compute_dtype(w.dtype)
+    if isinstance(eps, str):
+        eps = dynamic_eps(w, quantizer, eps)
     alpha = as_param(alpha, "alpha", "unit").to(device=w.device, dtype=acc)
-    eps = as_param(eps, "eps", "positive", scalar=False).to(device=w.device, dtype=acc)
+    learned = isinstance(eps, torch.Tensor) and eps.requires_grad
+    as_param(eps.detach() if learned else eps, "eps", "positive", scalar=False)
+    eps = torch.as_tensor(eps, dtype=torch.float64) if not isinstance(eps, torch.Tensor) else eps
+    eps = eps.to(device=w.device, dtype=acc)
     levels = quantizer.levels.to(device=w.device, dtype=acc)
     thresholds = quantizer.thresholds.to(device=w.device, dtype=acc)
     wf = w.to(acc)
-    q = (alpha * eps * hard_stair(wf.detach() / eps, levels, thresholds)).detach()
+    # SPEC §6, §8: no gradient through the stair; a learned eps gets alpha * Q(w / eps).
+    q = alpha * eps * hard_stair(wf.detach() / eps.detach(), levels, thresholds).detach()
     float_term = torch.where(alpha < 1, (1 - alpha) * wf, torch.zeros_like(wf))
     return (q + float_term).to(w.dtype)
+
+
+#: The dynamic-scale rules of SPEC §9: (reduction, group).
+DYNAMIC_RULES = {
+    "absmax_per_token": ("max", "token"),
+    "absmean": ("mean", "tensor"),
+    "absmax": ("max", "tensor"),
+    "absmean_per_channel": ("mean", "channel"),
+    "absmax_per_channel": ("max", "channel"),
+}
+
+
+def grid_reach(quantizer: Quantizer) -> float:
+    """c of SPEC §9: the largest magnitude the grid reaches on both sides of 0 (q_K if q_0 >= 0)."""
+    q0, qk = float(quantizer.levels[0]), float(quantizer.levels[-1])
+    if q0 < 0 < qk:
+        return min(-q0, qk)
+    if q0 >= 0 and qk > 0:
+        return qk
+    raise ValueError(f"anacuda: a dynamic scale needs a grid that reaches above 0, got levels {q0:g} … {qk:g}")
+
+
+def dynamic_eps(x: torch.Tensor, quantizer: Quantizer, rule: str, r_min: float = 1e-5) -> torch.Tensor:
+    """eps = max(r(|x|), r_min) / c (SPEC §9), detached, in the compute dtype, shaped to broadcast
+    to x: (..., 1) per token, one value per tensor, (C, 1, ...) per output channel (dim 0)."""
+    if rule not in DYNAMIC_RULES:
+        raise ValueError(f"anacuda: unknown scale rule {rule!r}; expected one of {', '.join(DYNAMIC_RULES)}")
+    reduce, group = DYNAMIC_RULES[rule]
+    need = {"token": 2, "channel": 1, "tensor": 0}[group]
+    if x.dim() < need:
+        raise ValueError(f"anacuda: the scale rule {rule!r} needs an input of at least {need} dimensions, "
+                         f"got shape {tuple(x.shape)}")
+    a = x.detach().to(compute_dtype(x.dtype)).abs()
+    dims = {"token": (-1,), "tensor": tuple(range(x.dim())), "channel": tuple(range(1, x.dim()))}[group]
+    if not dims:  # one value per element (a 1-d tensor per channel) or a 0-d tensor
+        r = a
+    elif reduce == "max":
+        r = a.amax(dim=dims, keepdim=group != "tensor") if a.numel() else a.sum(dim=dims, keepdim=group != "tensor")
+    else:
+        r = a.mean(dim=dims, keepdim=group != "tensor")
+    return r.clamp(min=r_min) / grid_reach(quantizer)

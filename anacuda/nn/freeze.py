@@ -1,6 +1,8 @@
 """anacuda.freeze: the deployed network. Weights are stored as integer codes (indices of the
-quantiser's levels) plus eps; activations are hard quantisers. Plain PyTorch ops only, so the
-result runs without the extension's kernels and exports with torch.export."""
+quantiser's levels) plus eps, at 2 bits per weight (four codes per byte, SPEC §10) on grids of
+at most four levels such as ternary; activations are hard quantisers. Plain PyTorch ops only
+(no searchsorted), so the result runs without the extension's kernels and exports with
+torch.export and to ONNX (anacuda.export)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,28 @@ import copy
 import torch
 from torch import nn
 
+from ..export.packing import CODES_PER_BYTE, pack2, unpack2
 from .activation import ANAActivation
 from .layers import AlphaBlendWeight, ANAWeight
 
 
 def _code_dtype(n: int) -> torch.dtype:
     return torch.uint8 if n <= 256 else (torch.int16 if n <= 32768 else torch.int32)
+
+
+def level_index(thresholds: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The number of thresholds at or below each u (SPEC §1: on a threshold goes up), i.e.
+    torch.searchsorted(thresholds, u, right=True) bit for bit, as a branch-free binary search of
+    comparisons and gathers: log2(K) + 1 passes, and ops that ONNX has (it has no searchsorted).
+    NaN compares false and gets 0 (the caller puts NaN back)."""
+    k = thresholds.numel()
+    idx = torch.zeros_like(u, dtype=torch.long)
+    step = 1 << (k.bit_length() - 1)  # the largest power of two <= K; the steps sum to >= K
+    while step:
+        cand = idx + step
+        idx = torch.where((cand <= k) & (u >= thresholds[(cand - 1).clamp(max=k - 1)]), cand, idx)
+        step >>= 1
+    return idx
 
 
 class HardQuantizer(nn.Module):
@@ -32,13 +50,14 @@ class HardQuantizer(nn.Module):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         eps = self.eps.to(acc)
         u = x.to(acc) / eps - self.mu.to(acc)
-        idx = torch.searchsorted(self.thresholds.to(acc), u.contiguous(), right=True)
-        y = eps * self.levels.to(acc)[idx]
+        y = eps * self.levels.to(acc)[level_index(self.thresholds.to(acc), u)]
         return torch.where(torch.isnan(u), u, y).to(x.dtype)
 
 
 class _FrozenWeight:
-    """Replaces `weight` by a property computed from the codes: levels[codes] · eps."""
+    """The weight as codes + levels + eps. Grids of at most four levels store the codes packed
+    (buffer `packed`, 2 bits each), larger ones as integers (buffer `codes`); `codes` reads
+    either way. `weight` is levels[codes] · eps, computed on access and read-only."""
 
     def _freeze_from(self, layer):
         with torch.no_grad():
@@ -51,13 +70,39 @@ class _FrozenWeight:
             if not torch.equal(levels[codes] * eps, wq):
                 raise RuntimeError("anacuda.freeze: the quantised weight is not on the quantiser's levels "
                                    "(levels must be increasing for freeze)")
-        self.register_buffer("codes", codes.to(_code_dtype(levels.numel())))
+        self.weight_shape = tuple(layer.weight.shape)
+        if levels.numel() <= CODES_PER_BYTE:
+            self.register_buffer("packed", pack2(codes))
+        else:
+            self.register_buffer("codes", codes.to(_code_dtype(levels.numel())))
         self.register_buffer("levels", levels)
         self.register_buffer("eps", eps)
         self.weight_dtype = layer.weight.dtype
 
-    def frozen_weight(self):
+    @property
+    def codes(self) -> torch.Tensor:
+        """The integer codes (indices into `levels`), in the weight's shape."""
+        if "packed" in self._buffers:
+            return unpack2(self._buffers["packed"], self.weight_shape)
+        if "codes" in self._buffers:
+            return self._buffers["codes"]
+        raise AttributeError("codes")  # before _freeze_from ran (hasattr in register_buffer)
+
+    def frozen_weight(self) -> torch.Tensor:
         return (self.levels[self.codes.long()] * self.eps).to(self.weight_dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised weight, levels[codes] · eps (read-only: a property without setter),
+        for code that inspects models as it would a torch.nn Linear/Conv."""
+        return self.frozen_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint frozen before codes were packed holds `codes` (uint8) where a grid of at
+        # most four levels now keeps `packed`: pack it, so that saved models still load exactly.
+        if "packed" in self._buffers and prefix + "codes" in state_dict and prefix + "packed" not in state_dict:
+            state_dict[prefix + "packed"] = pack2(state_dict.pop(prefix + "codes").long())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class FrozenLinear(_FrozenWeight, nn.Module):
@@ -92,9 +137,9 @@ class FrozenConv(_FrozenWeight, nn.Module):
 
 def freeze(model: nn.Module) -> nn.Module:
     """An inference copy of a converted model: ANA and alpha-blending weight layers become
-    FrozenLinear / FrozenConv (integer codes + eps), ANAActivation becomes HardQuantizer. Its
-    outputs equal the eval-mode outputs of `model`; it is in eval mode and exports with
-    torch.export."""
+    FrozenLinear / FrozenConv (integer codes + eps; 2 bits per weight on grids of at most four
+    levels), ANAActivation becomes HardQuantizer. Its outputs equal the eval-mode outputs of
+    `model`; it is in eval mode and exports with torch.export and anacuda.export."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"anacuda.freeze: model must be a torch.nn.Module, got {type(model).__name__}")
     if not any(isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation)) for m in model.modules()):
