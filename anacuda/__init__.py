@@ -34,6 +34,7 @@ _C, _build_info = _load_extension()
 
 from . import functional, ops, reference, scale, ste  # noqa: E402,F401
 from .quantizer import NOISES, STRATEGIES, Noise, Quantizer  # noqa: E402,F401
+from .config import ANAConfig  # noqa: E402,F401
 from . import nn  # noqa: E402,F401
 from .nn import AlphaController, NoiseController, convert, freeze  # noqa: E402,F401
 from .export import export  # noqa: E402,F401
@@ -78,4 +79,4 @@ def cuda_available() -> bool:
 
 
 __all__ = ["Quantizer", "Noise", "NOISES", "STRATEGIES", "functional", "reference", "scale", "ste", "nn", "convert",
-           "NoiseController", "AlphaController", "freeze", "export", "build_info", "cuda_available"]
+           "NoiseController", "AlphaController", "freeze", "export", "build_info", "cuda_available", "ANAConfig"]

@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from . import ops  # registers fakes and autograd
-from .quantizer import Noise, Param, Quantizer, as_param, check_noise_name, check_strategy
+from .quantizer import (SCALE_FLOOR, Noise, Param, Quantizer, as_param, check_noise_name, check_scale_rule,
+                        check_strategy, grid_reach)
 
 
 def _check_input(x, quantizer, fn: str):
@@ -20,6 +21,13 @@ def _check_input(x, quantizer, fn: str):
         raise TypeError(f"anacuda.{fn}: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
 
 
+def _check_learned_eps(eps: torch.Tensor, x: torch.Tensor, fn: str) -> None:
+    """A learned eps (SPEC §8) lives on x's device: its gradient is reduced there."""
+    if eps.requires_grad and eps.device != x.device:
+        raise ValueError(f"anacuda.{fn}: a learned eps (requires_grad) must be on the input's device {x.device}, "
+                         f"got {eps.device}")
+
+
 def ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise):
     """Checks the arguments of ana and turns them into the op's (shared with reference.ana)."""
     _check_input(x, quantizer, "ana")
@@ -27,7 +35,12 @@ def ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise):
     check_strategy(strategy)
     mu_t = as_param(mu, "mu")
     sigma_t = as_param(sigma, "sigma", "nonnegative")
-    eps_t = as_param(eps, "eps", "positive", scalar=False)
+    # A rule (SPEC §9) is checked here and passed on as it is: the op computes the scale.
+    if isinstance(eps, str):
+        eps_t = check_scale_rule(eps, x.shape)
+    else:
+        eps_t = as_param(eps, "eps", "positive", scalar=False, learnable=True)
+        _check_learned_eps(eps_t, x, "ana")
     if backward_noise is None:
         back = Noise(noise, mu_t, sigma_t)
     else:
@@ -55,8 +68,15 @@ def ana(
     random (a noisy sample). With ``training=False`` or ``sigma == 0`` the output is the hard
     stair ``Q(x / eps - mu)``. The gradient is the closed-form derivative of the stair smoothed
     by `backward_noise` (a ``(noise, mu, sigma)`` tuple; by default the forward noise).
+    ``backward_noise="identity"`` passes the gradient unchanged (the unclipped STE of BitNet b1.58).
     mu, sigma and eps may be numbers or tensors (on the host or x's device); tensors change
     without recompilation or synchronisation. eps broadcasts to x (e.g. shape (C, 1, 1)).
+    An eps that requires grad (on x's device) is learned: its gradient is SPEC §8's
+    ``g(u) - u g'_b(u)`` summed over the elements that share it (LSQ with the clipped STE).
+    eps may also be a rule, computed by the op from x in the same call (SPEC §9; no gradient
+    flows through it): "absmax_per_token" (last dimension), "absmean", "absmax" (whole tensor),
+    "absmean_per_channel", "absmax_per_channel" (dim 0): ``max(r(|x|), 1e-5) / c``, c the
+    largest level magnitude the grid reaches on both sides of 0 (127 for signed 8-bit).
     """
     mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise)
     if not isinstance(training, bool):  # 'False' from a config file would be truthy
@@ -68,7 +88,11 @@ def ana(
         seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=x.device, generator=generator)
     args = (x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, training, seed,
             back.name, back.mu, back.sigma)
-    if x.requires_grad and torch.is_grad_enabled() and ops.uses_code(back.name, thresholds):
+    if isinstance(eps_t, str):  # a dynamic scale, computed by the op in the same call
+        return torch.ops.anacuda._ana_dynamic(x, levels, thresholds, quantizer.uniform_grid, eps_t, grid_reach(quantizer),
+                                              SCALE_FLOOR, *args[5:])[0]
+    # A learned eps needs u in the backward (SPEC §8): ana saves x, never the 1-byte code.
+    if x.requires_grad and torch.is_grad_enabled() and ops.uses_code(back.name, thresholds) and not eps_t.requires_grad:
         return torch.ops.anacuda._ana_coded(*args)[0]  # the backward's 1-byte code from the same pass
     return torch.ops.anacuda.ana(*args)
 
@@ -77,9 +101,16 @@ def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param 
     """Alpha-blending (Liu & Mattina, arXiv 1903.01061; SPEC §6):
     ``alpha * eps * Q(w / eps) + (1 - alpha) * w`` with gradient ``(1 - alpha) * grad`` (none
     through the quantised term). alpha in [0, 1] (ramped 0 -> 1 in training) and eps may be
-    numbers or tensors; eps broadcasts to w (e.g. one value per output channel)."""
+    numbers or tensors; eps broadcasts to w (e.g. one value per output channel), or is a rule of
+    ana's (e.g. "absmean_per_channel"), computed from w in the same call."""
     _check_input(w, quantizer, "alpha_blend")
     alpha_t = as_param(alpha, "alpha", "unit")
-    eps_t = as_param(eps, "eps", "positive", scalar=False)
+    if isinstance(eps, str):  # a dynamic scale (SPEC §9), as in ana
+        check_scale_rule(eps, w.shape)
+        levels, thresholds = quantizer.tables(w.device, w.dtype)
+        return torch.ops.anacuda._alpha_blend_dynamic(w, levels, thresholds, quantizer.uniform_grid, eps,
+                                                      grid_reach(quantizer), SCALE_FLOOR, alpha_t)
+    eps_t = as_param(eps, "eps", "positive", scalar=False, learnable=True)  # learned: d y / d eps = alpha Q(u)
+    _check_learned_eps(eps_t, w, "alpha_blend")
     levels, thresholds = quantizer.tables(w.device, w.dtype)
     return torch.ops.anacuda.alpha_blend(w, levels, thresholds, quantizer.uniform_grid, eps_t, alpha_t)

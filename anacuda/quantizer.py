@@ -12,6 +12,8 @@ from typing import NamedTuple, Sequence, Union
 import torch
 
 NOISES = ("uniform", "triangular", "normal", "logistic")
+#: A backward noise may also be "identity": the gradient passes unchanged (SPEC §5, the unclipped STE).
+IDENTITY = "identity"
 STRATEGIES = ("expectation", "mode", "random")
 
 Param = Union[float, torch.Tensor]
@@ -71,6 +73,7 @@ class Quantizer:
         self._thresholds = th
         # Python numbers, so that code traced by torch.compile reads no tensor value.
         self.min_level, self.max_level = float(lv.min()), float(lv.max())
+        self.first_level, self.last_level = float(lv[0]), float(lv[-1])  # q_0, q_K (grid_reach)
         # Equally spaced thresholds let the kernels find an element's bin by arithmetic; the
         # flag is only a hint (the kernels compare against the stored thresholds either way).
         k = th.numel()
@@ -97,6 +100,9 @@ class Quantizer:
         signed and balanced; thresholds halfway between neighbours."""
         if isinstance(nbits, bool) or not isinstance(nbits, numbers.Integral) or not 1 <= nbits <= 24:
             raise ValueError(f"anacuda.Quantizer.uniform: nbits must be an integer in [1, 24], got {nbits!r}")
+        for name, flag in (("signed", signed), ("balanced", balanced)):
+            if not isinstance(flag, bool):  # "False" from a config file would be truthy
+                raise TypeError(f"anacuda.Quantizer.uniform: {name} must be a bool, got {type(flag).__name__}")
         levels = torch.arange(2**nbits, dtype=torch.float64)
         if signed:
             levels -= 2 ** (nbits - 1)
@@ -163,9 +169,14 @@ class Quantizer:
         return hash((tuple(self._levels.tolist()), tuple(self._thresholds.tolist())))
 
 
-def check_noise_name(name) -> str:
-    if name not in NOISES:
-        raise ValueError(f"anacuda: unknown noise {name!r}; expected one of {', '.join(NOISES)}")
+def check_noise_name(name, backward: bool = False) -> str:
+    """A noise law's name; `backward`: a backward noise, which may also be "identity"."""
+    if name == IDENTITY and not backward:
+        raise ValueError("anacuda: 'identity' is a backward noise only (backward_noise='identity', the unclipped "
+                         f"STE); the forward noise is one of {', '.join(NOISES)}")
+    if name not in NOISES and name != IDENTITY:
+        raise ValueError(f"anacuda: unknown noise {name!r}; expected one of {', '.join(NOISES)}"
+                         + (" (or 'identity', for a backward noise)" if backward else ""))
     return name
 
 
@@ -186,14 +197,17 @@ def _check_value(v: float, name: str, minimum: str) -> None:
         raise ValueError(f"anacuda: {name} must be in [0, 1], got {v}")
 
 
-def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True, stored: bool = False) -> torch.Tensor:
+def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True, stored: bool = False,
+             learnable: bool = False) -> torch.Tensor:
     """A hyper-parameter as a tensor the op takes.
 
     Python numbers are checked here and become float64 host tensors (no device copy). Tensors
     pass as they are (on the host or the input's device; the op checks host values, and a
     device value is never read on the host, so it causes no synchronisation). `stored`: the
     value is kept for later calls (a layer's buffer), so a host tensor's values are checked
-    now rather than at the first forward.
+    now rather than at the first forward. `learnable`: the tensor may require a gradient (eps
+    only, SPEC §8); a learned host tensor's values are checked here (outside torch.compile,
+    where the op checks them), with a ValueError, as a number's are.
     minimum: "any", "nonnegative", "positive" or "unit" (in [0, 1]).
     """
     if isinstance(value, torch.Tensor):
@@ -201,11 +215,17 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True,
             raise TypeError(f"anacuda: {name} must be a floating tensor, got {value.dtype}")
         if scalar and value.numel() != 1:
             raise ValueError(f"anacuda: {name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
-        if value.requires_grad:
-            raise ValueError(f"anacuda: {name} takes no gradient in this op; pass {name}.detach()")
+        if value.requires_grad and not learnable:
+            raise ValueError(f"anacuda: {name} takes no gradient in this op (only eps can be learned); "
+                             f"pass {name}.detach()")
         if stored and value.device.type == "cpu":
             for v in value.detach().double().reshape(-1).unique().tolist():
                 _check_value(v, name, minimum)
+        elif value.requires_grad and value.device.type == "cpu" and not torch.compiler.is_compiling():
+            v = value.detach().double().reshape(-1)
+            bad = ~torch.isfinite(v) | ((v <= 0) if minimum == "positive" else torch.zeros_like(v, dtype=torch.bool))
+            if bool(bad.any()):
+                _check_value(float(v[bad][0]), name, minimum)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"anacuda: {name} must be a number or a tensor, got {type(value).__name__}")
@@ -223,7 +243,8 @@ class Noise(NamedTuple):
 
     @classmethod
     def of(cls, spec) -> "Noise":
-        """A Noise from a Noise, a (name, mu, sigma) tuple, or a name (mu = 0, sigma = 0.5)."""
+        """A backward noise from a Noise, a (name, mu, sigma) tuple, or a name (mu = 0, sigma =
+        0.5). "identity" (SPEC §5) has no mu or sigma: give it by its name."""
         if isinstance(spec, Noise):
             noise = spec
         elif isinstance(spec, str):
@@ -232,5 +253,54 @@ class Noise(NamedTuple):
             noise = cls(*spec)
         else:
             raise TypeError(f"anacuda: a noise is a name or a (name, mu, sigma) tuple, got {spec!r}")
-        check_noise_name(noise.name)
+        check_noise_name(noise.name, backward=True)
+        if noise.name == IDENTITY and not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v == d
+                                              for v, d in ((noise.mu, 0.0), (noise.sigma, 0.5))):
+            raise ValueError(f"anacuda: the 'identity' backward has no mu or sigma; pass backward_noise='identity', "
+                             f"got {spec!r}")
         return noise
+
+
+# --- dynamic scales (SPEC §9) -----------------------------------------------------------------
+#: The rules an `eps` may name: (reduction, group); channel = dim 0, token = the last dimension.
+SCALE_RULES = {
+    "absmax_per_token": ("max", "token"),
+    "absmean": ("mean", "tensor"),
+    "absmax": ("max", "tensor"),
+    "absmean_per_channel": ("mean", "channel"),
+    "absmax_per_channel": ("max", "channel"),
+}
+#: r_min of SPEC §9: the floor of r, so that an all-zero group quantises to 0.
+SCALE_FLOOR = 1e-5
+
+
+def grid_reach(quantizer: Quantizer) -> float:
+    """c of SPEC §9: the largest magnitude the grid reaches on both sides of 0 (q_K if q_0 >= 0)."""
+    q0, qk = quantizer.first_level, quantizer.last_level
+    if q0 < 0 < qk:
+        return min(-q0, qk)
+    if q0 >= 0 and qk > 0:
+        return qk
+    raise ValueError(f"anacuda: a dynamic scale needs a grid that reaches above 0, got levels {q0:g} … {qk:g}")
+
+
+def check_scale_rule(rule, shape) -> str:
+    """A rule of SPEC §9 for an input of `shape` (a token needs 2 dimensions, a channel 1)."""
+    if rule not in SCALE_RULES:
+        raise ValueError(f"anacuda: eps: unknown scale rule {rule!r}; expected a number, a tensor or one of "
+                         f"{', '.join(SCALE_RULES)}")
+    need = {"token": 2, "channel": 1, "tensor": 0}[SCALE_RULES[rule][1]]
+    if len(shape) < need:
+        raise ValueError(f"anacuda: the scale rule {rule!r} needs an input of at least {need} dimensions, "
+                         f"got shape {tuple(shape)}")
+    return rule
+
+
+def scale_shape(shape, rule: str) -> tuple:
+    """The shape of a rule's eps for an input of `shape`: it broadcasts to the input."""
+    group = SCALE_RULES[rule][1]
+    if group == "token":
+        return tuple(shape[:-1]) + (1,)
+    if group == "channel":
+        return (shape[0],) + (1,) * (len(shape) - 1)
+    return ()

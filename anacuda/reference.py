@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from .functional import ana_args
-from .quantizer import Param, Quantizer, compute_dtype
+from .quantizer import (IDENTITY, SCALE_FLOOR, SCALE_RULES, Param, Quantizer, check_scale_rule, compute_dtype,
+                        grid_reach)
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 
@@ -123,7 +124,10 @@ def _most_likely_level(noise: str, z: torch.Tensor) -> torch.Tensor:
 
 
 def stair_derivative(a, levels, thresholds, noise, sigma):
-    """sum_i dq_i f_sigma(a - theta_i); exactly 0 when sigma = 0; NaN where a is NaN."""
+    """sum_i dq_i f_sigma(a - theta_i); exactly 0 when sigma = 0; NaN where a is NaN. The
+    "identity" backward (SPEC §5): 1 everywhere, ±inf included, NaN where a is NaN."""
+    if noise == IDENTITY:
+        return torch.where(torch.isnan(a), a, torch.ones_like(a))
     safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
     dq = levels[1:] - levels[:-1]
     if noise == "uniform":  # the boxes tested by their edges, so that neighbours tile exactly
@@ -219,42 +223,25 @@ def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param 
     return (q + float_term).to(w.dtype)
 
 
-#: The dynamic-scale rules of SPEC §9: (reduction, group).
-DYNAMIC_RULES = {
-    "absmax_per_token": ("max", "token"),
-    "absmean": ("mean", "tensor"),
-    "absmax": ("max", "tensor"),
-    "absmean_per_channel": ("mean", "channel"),
-    "absmax_per_channel": ("max", "channel"),
-}
+#: The dynamic-scale rules of SPEC §9: (reduction, group); grid_reach: c of §9 (anacuda.quantizer).
+DYNAMIC_RULES = SCALE_RULES
 
 
-def grid_reach(quantizer: Quantizer) -> float:
-    """c of SPEC §9: the largest magnitude the grid reaches on both sides of 0 (q_K if q_0 >= 0)."""
-    q0, qk = float(quantizer.levels[0]), float(quantizer.levels[-1])
-    if q0 < 0 < qk:
-        return min(-q0, qk)
-    if q0 >= 0 and qk > 0:
-        return qk
-    raise ValueError(f"anacuda: a dynamic scale needs a grid that reaches above 0, got levels {q0:g} … {qk:g}")
-
-
-def dynamic_eps(x: torch.Tensor, quantizer: Quantizer, rule: str, r_min: float = 1e-5) -> torch.Tensor:
+def dynamic_eps(x: torch.Tensor, quantizer: Quantizer, rule: str, r_min: float = SCALE_FLOOR) -> torch.Tensor:
     """eps = max(r(|x|), r_min) / c (SPEC §9), detached, in the compute dtype, shaped to broadcast
-    to x: (..., 1) per token, one value per tensor, (C, 1, ...) per output channel (dim 0)."""
-    if rule not in DYNAMIC_RULES:
-        raise ValueError(f"anacuda: unknown scale rule {rule!r}; expected one of {', '.join(DYNAMIC_RULES)}")
+    to x: (..., 1) per token, one value per tensor, (C, 1, ...) per output channel (dim 0). r of an
+    empty group is 0; a group holding a NaN or ±inf has no scale: NaN."""
+    check_scale_rule(rule, x.shape)
     reduce, group = DYNAMIC_RULES[rule]
-    need = {"token": 2, "channel": 1, "tensor": 0}[group]
-    if x.dim() < need:
-        raise ValueError(f"anacuda: the scale rule {rule!r} needs an input of at least {need} dimensions, "
-                         f"got shape {tuple(x.shape)}")
     a = x.detach().to(compute_dtype(x.dtype)).abs()
     dims = {"token": (-1,), "tensor": tuple(range(x.dim())), "channel": tuple(range(1, x.dim()))}[group]
+    keep = group != "tensor"
     if not dims:  # one value per element (a 1-d tensor per channel) or a 0-d tensor
         r = a
     elif reduce == "max":
-        r = a.amax(dim=dims, keepdim=group != "tensor") if a.numel() else a.sum(dim=dims, keepdim=group != "tensor")
+        r = a.amax(dim=dims, keepdim=keep) if a.numel() else a.sum(dim=dims, keepdim=keep)
     else:
-        r = a.mean(dim=dims, keepdim=group != "tensor")
+        n = math.prod(x.shape[d] for d in dims)
+        r = a.sum(dim=dims, keepdim=keep) / max(n, 1)
+    r = torch.where(torch.isfinite(r), r, torch.full_like(r, float("nan")))
     return r.clamp(min=r_min) / grid_reach(quantizer)

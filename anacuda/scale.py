@@ -1,7 +1,9 @@
-"""Helpers that pick the scale eps of a tensor for a quantiser, per tensor or per channel.
+"""Helpers that pick the scale eps of a tensor for a quantiser, per tensor or per channel, and
+the named weight-scale rules the layers and ``convert`` take (``WEIGHT_RULES``).
 
-Each returns a detached tensor broadcastable to x (shape (C, 1, ..., 1) along `dim` when dim
-is given, a 0-d tensor otherwise), strictly positive even for an all-zero tensor or channel.
+Each helper returns a detached tensor broadcastable to x (shape (C, 1, ..., 1) along `dim` when
+dim is given, a 0-d tensor otherwise), strictly positive even for an all-zero tensor or channel.
+docs/scales.md compares the rules (zero weights at conversion, accuracy after training).
 """
 
 from __future__ import annotations
@@ -84,3 +86,77 @@ def min_max(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) ->
         return torch.stack(parts).amax(0)
 
     return _positive(_reduce(x, dim, fn))
+
+
+def _mean_abs(x: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
+    """mean|x|, summed in float64 and rounded once to x's dtype: so the result does not depend on
+    the order of the sum (eager and torch.compile's Inductor sum in different orders; in float32
+    the two differ by an ulp, which moves every quantised weight and can flip a level)."""
+    return _reduce(x, dim, lambda t, d: t.abs().to(torch.float64).mean(dim=d).to(t.dtype))
+
+
+def absmean(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) -> torch.Tensor:
+    """BitNet b1.58's absmean: eps = mean|x|, so that one step of the grid is the mean magnitude
+    (ternary: zero below ½·mean|x|, as BitNet's RoundClip(w / mean|w|, −1, 1); binary: XNOR-Net's
+    scale mean|x|). The quantiser only has to be one (it does not enter the formula)."""
+    _check_quantizer(quantizer)
+    return _positive(_mean_abs(x, dim))
+
+
+def _smallest_positive_threshold(quantizer: Quantizer, rule: str) -> float:
+    th = quantizer._thresholds
+    pos = th[th > 0]
+    if pos.numel() == 0:
+        raise ValueError(f"anacuda.scale.{rule}: the quantiser has no positive threshold to place, got thresholds "
+                         f"{th.tolist()}")
+    return float(pos.min())
+
+
+def twn(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) -> torch.Tensor:
+    """Ternary Weight Networks' threshold (Li et al. 2016): Δ = 0.7·mean|x|, placed on the
+    smallest positive threshold θ⁺ of the quantiser: eps = 0.7·mean|x| / θ⁺ (ternary: 1.4·mean|x|).
+    TWN's second step, the level α = mean of |x| above Δ, is not a scale of the stair (its levels
+    sit at ±eps) and is not used."""
+    _check_quantizer(quantizer)
+    return _positive(_mean_abs(x, dim) * (0.7 / _smallest_positive_threshold(quantizer, "twn")))
+
+
+def lsq(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) -> torch.Tensor:
+    """LSQ's initial step size (Esser et al. 2020): eps = 2·mean|x| / √q_P, q_P the highest
+    positive level (2^(b−1) − 1 for signed b-bit grids; ternary: 2·mean|x|). Here a fixed rule,
+    recomputed from the weight; LSQ learns the step from this start."""
+    _check_quantizer(quantizer)
+    if not quantizer.max_level > 0:
+        raise ValueError(f"anacuda.scale.lsq: the quantiser needs a positive level, got levels "
+                         f"{quantizer._levels.tolist()}")
+    return _positive(_mean_abs(x, dim) * (2.0 / math.sqrt(quantizer.max_level)))
+
+
+#: The weight-scale rules a layer's `eps` (and ``convert``'s `weight_eps`) takes by name:
+#: name -> (helper, per output channel). "_per_channel" computes one eps per output channel
+#: (dim 0 of a Linear or Conv weight), the others one per tensor.
+WEIGHT_RULES = {
+    "max_abs": (max_abs, False),
+    "max_abs_per_channel": (max_abs, True),
+    "absmean": (absmean, False),
+    "absmean_per_channel": (absmean, True),
+    "twn": (twn, False),
+    "lsq": (lsq, False),
+}
+
+#: The default weight scale of the layers, ``convert`` and ANAConfig: chosen by the measurement of
+#: docs/scales.md (scripts/scale_study.py).
+DEFAULT_WEIGHT_RULE = "absmean"
+
+
+def check_weight_rule(rule: str) -> str:
+    if rule not in WEIGHT_RULES:
+        raise ValueError(f"anacuda: weight eps must be a number, a tensor or one of {tuple(WEIGHT_RULES)}, "
+                         f"got {rule!r}")
+    return rule
+
+
+def weight_scale(w: torch.Tensor, quantizer: Quantizer, rule: str) -> torch.Tensor:
+    """eps of a weight by a named rule of WEIGHT_RULES (per output channel: shape (C, 1, ...))."""
+    fn, per_channel = WEIGHT_RULES[check_weight_rule(rule)]
+    return fn(w, quantizer, dim=0 if per_channel else None)

@@ -1,8 +1,9 @@
 """Straight-through estimators and their relatives as presets of the ANA op (SPEC §5).
 
 Every estimator here is one frozen choice of (quantiser, noise, σ, strategy, backward noise) for
-:func:`anacuda.functional.ana`; nothing is re-implemented. ``tests/test_ste.py`` checks each
-preset against the published formula it reproduces.
+:func:`anacuda.functional.ana` — an :class:`anacuda.ANAConfig`, which the layers and ``convert``
+take as it is; nothing is re-implemented. ``tests/test_ste.py`` checks each preset against the
+published formula it reproduces.
 
 Presets, what they reproduce, and whether exactly:
 
@@ -15,6 +16,8 @@ Presets, what they reproduce, and whether exactly:
 - ``gaussian_smoothing(q, σ)``: the probit soft stair. Exact (by definition).
 - ``ana2019(q, σ)``: ANA 2019 (arXiv 1905.10452), forward σ annealed, backward fixed. Exact.
 - ``hardtanh_ste()``: clamp forward, clipped gradient. Exact except the gradient at x = ±1.
+- ``lsq(q)``: LSQ (learned step size), the clipped STE with a learned eps. Exact except at ties,
+  u = q_K and PyTorch's half steps beyond the range.
 
 SwishSign (BNN+) is not a special case: its gradient goes negative, an ANA gradient never does.
 
@@ -43,8 +46,8 @@ from typing import Optional
 
 import torch
 
-from .functional import ana
-from .quantizer import Noise, Param, Quantizer, as_param, check_noise_name, check_strategy
+from .config import ANAConfig
+from .quantizer import Noise, Param, Quantizer, as_param
 
 __all__ = [
     "Estimator",
@@ -56,14 +59,15 @@ __all__ = [
     "gaussian_smoothing",
     "ana2019",
     "hardtanh_ste",
+    "lsq",
     "PRESETS",
 ]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Estimator:
-    """A named, frozen ANA configuration: ``ana(x, quantizer, noise, mu, sigma, strategy,
-    backward_noise=backward_noise)``.
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class Estimator(ANAConfig):
+    """A named STE preset: an :class:`anacuda.ANAConfig` (quantizer, noise, mu, sigma, strategy,
+    backward_noise; eps left to the caller) with its provenance, validated once by ANAConfig.
 
     name: the preset's name. source: the estimator of the literature it reproduces and the
     formula that the tests check. exact: whether the preset reproduces that estimator exactly
@@ -72,62 +76,15 @@ class Estimator:
 
     Calling it runs the fused op: ``est(x, eps=1.0, training=True, generator=None)``.
     ``est.kwargs()`` gives the keyword arguments of :func:`anacuda.functional.ana` (quantizer
-    included), for layers or for ``F.ana(x, **est.kwargs())``. The dataclass is frozen; a new σ
-    (annealing) is ``est.with_sigma(s)``.
+    included) for ``F.ana(x, **est.kwargs())``; a layer or ``convert`` takes the preset itself
+    (``ANAActivation(config=est)``). The dataclass is frozen; a new σ (annealing) is
+    ``est.with_sigma(s)``.
     """
 
     name: str
-    quantizer: Quantizer
-    noise: str
-    mu: Param
-    sigma: Param
-    strategy: str
-    backward_noise: Optional[Noise]
     source: str
     exact: bool
     notes: str = ""
-
-    def __post_init__(self):
-        if not isinstance(self.quantizer, Quantizer):
-            raise TypeError(f"anacuda.ste.Estimator: quantizer must be an anacuda.Quantizer, got {self.quantizer!r}")
-        check_noise_name(self.noise)
-        check_strategy(self.strategy)
-        as_param(self.mu, "mu")
-        as_param(self.sigma, "sigma", "nonnegative")
-        if self.backward_noise is not None:
-            if not isinstance(self.backward_noise, Noise):
-                object.__setattr__(self, "backward_noise", Noise.of(self.backward_noise))
-            as_param(self.backward_noise.mu, "backward mu")
-            as_param(self.backward_noise.sigma, "backward sigma", "nonnegative")
-
-    def kwargs(self) -> dict:
-        """The keyword arguments of :func:`anacuda.functional.ana` for this preset: quantizer,
-        noise, mu, sigma, strategy and backward_noise (eps, training and generator are the
-        caller's)."""
-        return dict(
-            quantizer=self.quantizer,
-            noise=self.noise,
-            mu=self.mu,
-            sigma=self.sigma,
-            strategy=self.strategy,
-            backward_noise=self.backward_noise,
-        )
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        eps: Param = 1.0,
-        training: bool = True,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """``anacuda.functional.ana(x, **self.kwargs(), eps=eps, training=training,
-        generator=generator)``. With ``training=False`` every preset is the hard stair."""
-        return ana(x, eps=eps, training=training, generator=generator, **self.kwargs())
-
-    def with_sigma(self, sigma: Param) -> "Estimator":
-        """The same preset with the forward σ replaced (a fixed backward noise stays fixed)."""
-        as_param(sigma, "sigma", "nonnegative")
-        return dataclasses.replace(self, sigma=sigma)
 
     def __repr__(self) -> str:
         back = "" if self.backward_noise is None else f", backward_noise={tuple(self.backward_noise)!r}"
@@ -408,6 +365,39 @@ def hardtanh_ste() -> Estimator:
     )
 
 
+def lsq(quantizer: Quantizer) -> Estimator:
+    """LSQ, learned step size quantisation (Esser et al., ICLR 2020): the clipped STE
+    (:func:`clipped_ste`) called with a learned eps, ``est(x, eps=s)`` with ``s`` an
+    ``nn.Parameter`` (one value, or one per channel, e.g. shape (C, 1, 1, 1)).
+
+    The gradient of eps is SPEC §8's ``g(u) − u·g'_b(u)``: ``round(u) − u`` on ``[q_0, q_K)``,
+    ``q_0`` below and ``q_K`` at and above, LSQ's step-size gradient; the input's gradient is the
+    clipped STE's. Against PyTorch's ``_fake_quantize_learnable_per_tensor_affine`` /
+    ``_per_channel_affine`` (zero point 0, grad_factor 1) both gradients are equal except at ties
+    u = k + ½ (half to even vs up), at the single point u = q_K, and on the half steps
+    ``[q_0 − ½, q_0)`` and ``[q_K, q_K + ½)``, where PyTorch clips ``round(u)`` rather than u and
+    so passes the input's gradient and gives ``round(u) − u`` for the scale.
+
+    LSQ's gradient scale ``1 / sqrt(N · q_K)`` belongs to the layer that owns the parameter
+    (SPEC §8), not to this preset. Any other noise with a learned eps is a smoothed LSQ, which
+    becomes this one as σ → 0.
+    """
+    _check_unit_grid(quantizer, "lsq", "LSQ is the clipped STE with a learned step, defined on such a grid")
+    return dataclasses.replace(
+        clipped_ste(quantizer),
+        name="lsq",
+        source=(
+            "LSQ (Esser et al., ICLR 2020); torch._fake_quantize_learnable_per_tensor_affine / _per_channel_affine "
+            "(zero point 0, grad_factor 1): gradient of the step round(u) - u inside the range, q_0 / q_K outside"
+        ),
+        notes=(
+            "call with a learned eps: est(x, eps=nn.Parameter(...)). Differs from PyTorch's learnable ops at ties "
+            "u = k + 1/2 (half to even vs up), at u = q_K, and on the half steps [q_0 - 1/2, q_0) and "
+            "[q_K, q_K + 1/2), where PyTorch clips round(u) rather than u"
+        ),
+    )
+
+
 #: Preset constructors by name.
 PRESETS = {
     "clipped_ste": clipped_ste,
@@ -418,4 +408,5 @@ PRESETS = {
     "gaussian_smoothing": gaussian_smoothing,
     "ana2019": ana2019,
     "hardtanh_ste": hardtanh_ste,
+    "lsq": lsq,
 }

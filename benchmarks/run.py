@@ -90,8 +90,11 @@ CPU_TARGETS = [("W1", "fake_quantize", "fwd", 1.0), ("W1", "eager_ste", "fwd", 2
                ("W1", "limit", "fwdbwd", 0.75),
                ("W2", "reference", "fwd", 50.0), ("W2", "compiled_reference", "fwd", 5.0),
                ("W3", "reference", "fwd", 10.0), ("W3", "eager_floor_noise", "fwd", 2.0),
-               ("W4", "composite", "fwd", 2.0), ("W4", "compiled_composite", "fwd", 1.0)]
-GPU_TARGETS = {"W1": 0.85, "W3": 0.85, "W4": 0.85, "W2": 0.70}
+               ("W4", "composite", "fwd", 2.0), ("W4", "compiled_composite", "fwd", 1.0),
+               ("W6a", "pytorch_learnable", "fwdbwd", 2.0), ("W6a", "compiled_composite", "fwdbwd", 1.5),
+               ("W6b", "pytorch_learnable", "fwdbwd", 2.0), ("W6b", "compiled_composite", "fwdbwd", 1.5),
+               ("W7", "compiled_bitnet", "fwdbwd", 2.0)]
+GPU_TARGETS = {"W1": 0.85, "W3": 0.85, "W4": 0.85, "W2": 0.70, "W7": 0.80}
 
 
 def targets(rows, device) -> str:

@@ -1,4 +1,4 @@
-"""The benchmark workloads (W1–W5) and the implementations compared on each, in one place.
+"""The benchmark workloads (W1–W5, W7) and the implementations compared on each, in one place.
 
 Used by the pytest-benchmark suite (test_kernels.py) and the table script (run.py). Every
 implementation of a workload computes the same forward (run.py checks it before timing) and a
@@ -154,6 +154,73 @@ def w4_fake_quantize(w):
     return ALPHA * q.detach() + (1 - ALPHA) * w
 
 
+# --- W6: learned scales (LSQ), fwd + bwd through x and the scale --------------------------------
+class LearnedScale:
+    """One learned scale (an nn.Parameter) per workload and device, initialised as LSQ does from
+    the first input: 2 mean|x| / sqrt(q_K), per channel (dim 0) or per tensor."""
+
+    def __init__(self, qmax: int, per_channel: bool):
+        self.qmax, self.per_channel, self.params = qmax, per_channel, {}
+
+    def __call__(self, x):
+        p = self.params.get(x.device)
+        if p is None:
+            a = x.detach().float().abs()
+            m = a.mean(dim=tuple(range(1, x.dim())), keepdim=True) if self.per_channel else a.mean()
+            p = self.params[x.device] = torch.nn.Parameter(2 * m / math.sqrt(self.qmax))
+        return p
+
+
+def lsq_composite(x, s, qmin, qmax):
+    """LSQ as its paper's code writes it (Esser et al. 2020): clamp, round with a straight-through
+    gradient, rescale; autograd gives the step-size gradient round(u) - u inside, qmin/qmax outside."""
+    u = (x / s).clamp(qmin, qmax)
+    return (u + (u.round() - u).detach()) * s
+
+
+W6A_SCALE, W6B_SCALE = LearnedScale(7, per_channel=True), LearnedScale(127, per_channel=False)
+
+
+def w6a_anacuda(w):
+    return F.ana(w, Q4, "uniform", 0.0, 0.5, "mode", eps=W6A_SCALE(w))  # = anacuda.ste.lsq(Q4)
+
+
+def w6a_learnable(w):
+    s = W6A_SCALE(w)
+    return torch._fake_quantize_learnable_per_channel_affine(w, s.reshape(-1), torch.zeros(s.numel(), device=w.device),
+                                                             0, -8, 7, 1.0)
+
+
+def w6a_composite(w):
+    return lsq_composite(w, W6A_SCALE(w), -8, 7)
+
+
+def w6b_anacuda(x):
+    return F.ana(x, Q8, "uniform", 0.0, 0.5, "mode", eps=W6B_SCALE(x))
+
+
+def w6b_learnable(x):
+    s = W6B_SCALE(x)
+    return torch._fake_quantize_learnable_per_tensor_affine(x, s.reshape(1), torch.zeros(1, device=x.device),
+                                                            -128, 127, 1.0)
+
+
+def w6b_composite(x):
+    return lsq_composite(x, W6B_SCALE(x), -128, 127)
+# --- W7: BitNet b1.58's 8-bit per-token absmax activation quantiser with its STE, (8192, 1024) -------
+def w7_anacuda(x):
+    return F.ana(x, Q8, "uniform", 0.0, 0.0, "mode", eps="absmax_per_token", backward_noise="identity")
+
+
+def _bitnet_activation_quant(x):  # as BitNet b1.58's training code writes it
+    scale = 127.0 / x.abs().max(dim=-1, keepdim=True).values.clamp_(min=1e-5)
+    return (x * scale).round().clamp_(-128, 127) / scale
+
+
+def w7_bitnet(x):
+    return x + (_bitnet_activation_quant(x) - x).detach()
+
+
 def workloads(numel: int = 1 << 22):
     n = (numel,)
     w = (256, 256, 3, 3)
@@ -173,6 +240,17 @@ def workloads(numel: int = 1 << 22):
         Workload("W4", "alpha-blend 4-bit, per-channel eps, (256,256,3,3)", w, torch.float32, 0.05, w4, atol=1e-6),
         Workload("W5a", "W1 in bfloat16", n, torch.bfloat16, 1.0, w1, atol=0),
         Workload("W5b", "W4 in bfloat16", w, torch.bfloat16, 0.05, w4, atol=2e-2),
+        Workload("W6a", "LSQ 4-bit, learned per-channel scale, (256,256,3,3)", w, torch.float32, 0.05,
+                 dict(anacuda=w6a_anacuda, pytorch_learnable=w6a_learnable, composite=w6a_composite,
+                      compiled_composite=compiled(w6a_composite)), atol=1e-6,
+                 notes=dict(pytorch_learnable="clips round(u): the half steps beyond the range differ")),
+        Workload("W6b", "LSQ 8-bit, learned per-tensor scale", n, torch.float32, 1.0,
+                 dict(anacuda=w6b_anacuda, pytorch_learnable=w6b_learnable, composite=w6b_composite,
+                      compiled_composite=compiled(w6b_composite)), atol=1e-6,
+                 notes=dict(pytorch_learnable="clips round(u): the half steps beyond the range differ")),
+        Workload("W7", "8-bit absmax per token + identity STE, (8192,1024)", (8192, 1024), torch.float32, 1.0,
+                 dict(anacuda=w7_anacuda, bitnet=w7_bitnet, compiled_bitnet=compiled(w7_bitnet)), atol=1e-5,
+                 notes=dict(bitnet="rounds ties to even")),
     ]
 
 

@@ -41,6 +41,36 @@ TORCH_LIBRARY(anacuda, m) {
   m.def(
       "alpha_blend(Tensor w, Tensor levels, Tensor thresholds, bool uniform_grid, Tensor eps, "
       "Tensor alpha) -> Tensor");
+
+  // --- Learned scale (SPEC §8) -----------------------------------------------------------
+  // (grad_x, grad_eps) of ana in one pass: ana's arguments (the forward's g is recomputed from x,
+  // the random strategy's sample from the same seed) after the incoming gradient. grad_eps has
+  // eps's shape and dtype, reduced in the kernel for one value or one value per channel.
+  m.def(
+      "_ana_backward_eps(Tensor grad, Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, "
+      "Tensor eps, str noise, Tensor mu, Tensor sigma, str strategy, bool training, Tensor? seed, "
+      "str noise_b, Tensor mu_b, Tensor sigma_b) -> (Tensor, Tensor)");
+  // grad_eps = sum of grad * alpha * Q(w / eps) to eps's shape.
+  m.def(
+      "_alpha_blend_backward_eps(Tensor grad, Tensor w, Tensor levels, Tensor thresholds, bool uniform_grid, "
+      "Tensor eps, Tensor alpha) -> Tensor");
+  // --- Dynamic scales (SPEC §9) -----------------------------------------------------------
+  // eps = max(r(|x|), r_min) / reach per group of the rule (absmax_per_token, absmean, absmax,
+  // absmean_per_channel, absmax_per_channel), shaped to broadcast to x, in the compute dtype;
+  // NaN for a group holding a NaN or inf. Deterministic. ops/dynamic.cpp.
+  m.def("_dynamic_eps(Tensor x, str rule, float reach, float r_min) -> Tensor");
+  // ana at the rule's scale, computed in the same call: (y, eps). The scale takes no gradient.
+  m.def(
+      "_ana_dynamic(Tensor x, Tensor levels, Tensor thresholds, bool uniform_grid, str rule, float reach, "
+      "float r_min, str noise, Tensor mu, Tensor sigma, str strategy, bool training, Tensor? seed, str noise_b, "
+      "Tensor mu_b, Tensor sigma_b) -> (Tensor, Tensor)");
+  // _ana_backward at the eps _ana_dynamic returned (its NaN groups give NaN gradients).
+  m.def(
+      "_ana_dynamic_backward(Tensor grad, Tensor x, Tensor eps, Tensor levels, Tensor thresholds, "
+      "bool uniform_grid, str noise_b, Tensor mu_b, Tensor sigma_b) -> Tensor");
+  m.def(
+      "_alpha_blend_dynamic(Tensor w, Tensor levels, Tensor thresholds, bool uniform_grid, str rule, "
+      "float reach, float r_min, Tensor alpha) -> Tensor");
 }
 
 // `import anacuda._C` loads the library (and so the registrations above). The module also

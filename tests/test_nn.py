@@ -252,6 +252,21 @@ def test_compiled_model_no_graph_break_no_recompile():
     assert counter.frame_count == 1
 
 
+def test_aot_eager_gradients_equal_eager_bit_for_bit():
+    """docs/guarantees.md (eager and compiled gradients): the captured graph itself changes nothing;
+    Inductor's differences come from its own arithmetic (BatchNorm's statistics) near the box edge."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    c = convert(small_cnn())
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(10, (8,))
+    grads = []
+    for fn in (c, torch.compile(c, backend="aot_eager")):
+        c.zero_grad()
+        nn.functional.cross_entropy(fn(x), y).backward()
+        grads.append([p.grad.clone() for p in c.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 # --- freeze -----------------------------------------------------------------------------------
 def test_freeze_equals_eval_and_exports():
     torch.manual_seed(0)
@@ -321,3 +336,149 @@ def test_ddp_matches_single_process(tmp_path):
             continue  # DDP keeps rank 0's BN statistics
         torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6, msg=k)
     assert ddp_state["0.sigma"].item() == 0.0 and ddp_state["0.sigma"].item() == model[0].sigma.item()
+
+
+# --- a layer that passes no gradient says so (issue 12) ------------------------------------------
+def _anacuda_warnings(fn):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        fn()
+    return [str(w.message) for w in rec if str(w.message).startswith("anacuda: layer")]
+
+
+def test_warns_once_per_layer_when_training_at_sigma_zero():
+    torch.manual_seed(0)
+    c = convert(small_cnn())
+    ctl = NoiseController(c, 4, window="partition")
+    ctl.step(1.5)  # group 0 (conv "0" and activation "2") is annealed to 0, the others are not
+    assert c[0].sigma.item() == 0 and c[2].sigma.item() == 0 and c[5].sigma.item() > 0
+    x = torch.randn(4, 1, 8, 8)
+
+    def step():
+        c.zero_grad()
+        c(x).sum().backward()
+
+    msgs = _anacuda_warnings(step)
+    assert len(msgs) == 2, msgs
+    assert msgs[0].startswith("anacuda: layer '0' (ANAConv2d) trains with sigma = 0")
+    assert "its weight gets a zero gradient" in msgs[0]
+    assert msgs[1].startswith("anacuda: layer '2' (ANAActivation) trains with sigma = 0")
+    assert "no parameter before it gets a gradient through it" in msgs[1]
+    assert 'backward_noise=("uniform", 0, 0.5)' in msgs[1]
+    # and it tells the truth: nothing before activation 2 learns
+    assert c[0].weight.grad.abs().max() == 0 and c[1].weight.grad.abs().max() == 0
+    assert c[3].weight.grad.abs().max() > 0
+    assert _anacuda_warnings(step) == []  # once per layer
+    c2 = convert(small_cnn())
+    NoiseController(c2, 4, window="partition").step(1.5)
+    c2.eval()
+    assert _anacuda_warnings(lambda: c2(x)) == []  # not training
+    c2.train()
+    with torch.no_grad():
+        assert _anacuda_warnings(lambda: c2(x)) == []  # no gradient wanted
+    assert len(_anacuda_warnings(lambda: c2(x).sum().backward())) == 2
+
+
+def test_no_warning_with_a_separate_backward_noise_or_nothing_upstream():
+    torch.manual_seed(0)
+    c = convert(small_cnn(), backward_noise=("uniform", 0.0, 0.5))
+    NoiseController(c, 4, window="partition").step(1.5)
+    assert c[2].sigma.item() == 0 and c[2].sigma_b.item() == 0.5
+    x = torch.randn(4, 1, 8, 8)
+    assert _anacuda_warnings(lambda: c(x).sum().backward()) == []
+    assert c[0].weight.grad.abs().max() > 0  # the fix works: the float-side layers keep learning
+    # a layer built with sigma = 0: known from the host number, named by its type
+    act = ANAActivation(sigma=0.0)
+    assert _anacuda_warnings(lambda: act(torch.randn(5))) == []  # nothing before it needs a gradient
+    msgs = _anacuda_warnings(lambda: act(torch.randn(5, requires_grad=True)))
+    assert len(msgs) == 1 and msgs[0].startswith("anacuda: layer ANAActivation trains with sigma = 0")
+    # a state dict loaded from the host updates what the layer knows
+    act2 = ANAActivation()
+    act2.load_state_dict(act.state_dict())
+    assert len(_anacuda_warnings(lambda: act2(torch.randn(5, requires_grad=True)))) == 1
+    act.load_state_dict(ANAActivation().state_dict())
+    act._warned_no_gradient = False
+    assert _anacuda_warnings(lambda: act(torch.randn(5, requires_grad=True))) == []
+
+
+def test_the_warning_costs_no_recompilation():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    c = convert(small_cnn())
+    ctl = NoiseController(c, 2, window="partition")
+    counter = CompileCounter()
+    compiled = torch.compile(c, backend=counter, fullgraph=True)
+    x = torch.randn(4, 1, 8, 8)
+    for t in (0.0, 0.5, 1.5):  # group 0 reaches sigma = 0 at t = 0.5
+        ctl.step(t)
+        compiled(x).sum().backward()
+    assert counter.frame_count == 1
+
+
+# --- weight-scale rules (issue 12; docs/scales.md) ------------------------------------------------
+def test_weight_scale_rules():
+    from anacuda import scale
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3)
+    m_t, m_c = w.abs().mean(), w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    t = Quantizer.ternary()
+    close = dict(rtol=2e-6, atol=0)  # the rules nudge eps up by 2^-20
+    torch.testing.assert_close(scale.absmean(w, t), m_t, **close)
+    torch.testing.assert_close(scale.absmean(w, t, dim=0), m_c, **close)
+    torch.testing.assert_close(scale.twn(w, t), 1.4 * m_t, **close)  # threshold 0.5 eps = 0.7 mean|w|
+    torch.testing.assert_close(scale.lsq(w, t), 2 * m_t, **close)  # 2 mean|w| / sqrt(1)
+    torch.testing.assert_close(scale.lsq(w, Quantizer.uniform(4)), 2 * m_t / math.sqrt(7), **close)
+    torch.testing.assert_close(scale.twn(w, Quantizer.uniform(4)), 1.4 * m_t, **close)  # smallest threshold 0.5
+    assert scale.absmean(torch.zeros(3), t) > 0 and scale.absmean(w.half(), t).dtype == torch.float16
+    # the layers take every rule by name, recomputed from the weight on every forward
+    for rule, (fn, per_channel) in scale.WEIGHT_RULES.items():
+        layer = ANAConv2d(3, 4, 3, eps=rule)
+        assert torch.equal(layer.weight_eps(), fn(layer.weight, t, dim=0 if per_channel else None))
+        assert f"eps={rule}" in repr(layer)
+    # TWN's threshold: a ternary weight is 0 exactly where |w| < 0.7 mean|w|
+    layer = ANALinear(200, 50, eps="twn").eval()
+    zero = layer.quantized_weight() == 0
+    edge = 0.7 * layer.weight.abs().mean()
+    away = (layer.weight.abs() - edge).abs() > 1e-5 * edge
+    assert torch.equal(zero[away], (layer.weight.abs() < edge)[away])
+
+
+def test_mean_based_scales_do_not_depend_on_the_summation_order():
+    """eps is summed in float64 and rounded once, so eager and torch.compile (which sums in its
+    own order) give the same eps and the same quantised weights; float32 sums would not."""
+    from anacuda import scale
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1 << 20, generator=g) * 0.05
+    eps = scale.absmean(w, Quantizer.ternary())
+    float32_sums = set()
+    for _ in range(4):
+        p = w[torch.randperm(w.numel(), generator=g)]
+        assert torch.equal(scale.absmean(p, Quantizer.ternary()), eps)
+        assert torch.equal(scale.twn(p.reshape(1024, -1), Quantizer.ternary()), scale.twn(w, Quantizer.ternary()))
+        float32_sums.add(p.abs().sum().item())
+    assert len(float32_sums) > 1  # the orders differ enough to move a float32 sum
+
+
+def test_the_default_weight_scale_keeps_most_weights():
+    """Issue 12: convert's default scale zeroed 93 % of a ResNet-18's ternary weights
+    (max_abs_per_channel); the default is now the rule docs/scales.md chose by measurement."""
+    from anacuda import scale
+    from anacuda.nn.layers import ANAWeight
+
+    tv = pytest.importorskip("torchvision")
+    assert scale.DEFAULT_WEIGHT_RULE == "absmean"
+    torch.manual_seed(0)
+    c = convert(tv.models.resnet18(num_classes=10), skip=["conv1", "fc"])
+    layers = [m for m in c.modules() if isinstance(m, ANAWeight)]
+    assert all(m.eps_mode == "absmean" for m in layers) and ANALinear(3, 2).eps_mode == "absmean"
+    with torch.no_grad():
+        zeros = sum(int((m.eval().quantized_weight() == 0).sum()) for m in layers)
+    assert zeros / sum(m.weight.numel() for m in layers) < 0.35  # 31 % (Gaussian: P(|w| < mean|w| / 2))
+    # every quantiser takes the default, binary included (absmean is XNOR-Net's scale there)
+    b = convert(small_cnn(), weight_quantizer=Quantizer.binary())
+    assert torch.isfinite(b(torch.randn(2, 1, 8, 8))).all()

@@ -432,6 +432,7 @@ def _all_presets():
         ste.ana2019(Q.uniform(3), sigma=0.1),
         ste.ana2019(sigma=0.0),
         ste.hardtanh_ste(),
+        ste.lsq(Q.uniform(4)),
     ]
 
 
@@ -485,7 +486,7 @@ def test_estimator_api(device):
     assert ste.dsq_like(Q.ternary(), 0.2).exact is False
     for name, ctor in ste.PRESETS.items():
         made = ctor(Q.uniform(2), 0.3) if name in ("dsq_like", "gaussian_smoothing") else (
-            ctor(Q.uniform(2)) if name in ("clipped_ste", "stochastic_rounding") else ctor())
+            ctor(Q.uniform(2)) if name in ("clipped_ste", "stochastic_rounding", "lsq") else ctor())
         assert made.name == name
 
 

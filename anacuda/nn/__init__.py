@@ -6,8 +6,9 @@ from .convert import convert, quantised_modules
 from .freeze import FrozenConv, FrozenLinear, HardQuantizer, freeze
 from .layers import (ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv1d, AlphaBlendConv2d,
                      AlphaBlendConv3d, AlphaBlendLinear)
+from .ternary import BitLinear, DynamicScaleANA, TernaryLinear
 
 __all__ = ["ANAActivation", "ANALinear", "ANAConv1d", "ANAConv2d", "ANAConv3d", "AlphaBlendLinear",
            "AlphaBlendConv1d", "AlphaBlendConv2d", "AlphaBlendConv3d", "convert", "NoiseController",
            "AlphaController", "Decay", "auto_groups", "freeze", "FrozenLinear", "FrozenConv", "HardQuantizer",
-           "quantised_modules"]
+           "quantised_modules", "TernaryLinear", "BitLinear", "DynamicScaleANA"]

@@ -2,46 +2,97 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Optional
+
 import torch
 from torch import nn
 
 from .. import functional as F
-from ..quantizer import Noise, Param, Quantizer, as_param, check_noise_name, check_strategy
+from ..config import ANAConfig
+from ..quantizer import Param, Quantizer, as_param
 
 
-def _buffer(value: Param, name: str, minimum: str) -> torch.Tensor:
-    """A hyper-parameter as a float32 buffer value (checked once, here)."""
-    t = as_param(value, name, minimum, stored=True)
-    return t.detach().to(torch.float32).reshape(()).clone()
+def _buffer(value: Param) -> torch.Tensor:
+    """A hyper-parameter (validated by ANAConfig) as a float32 buffer value."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float32).reshape(()).clone()
+    return torch.tensor(float(value), dtype=torch.float32)
+
+
+def _host_value(value) -> Optional[float]:
+    """A number or one-element host tensor as a float; None for a device tensor (reading it would
+    synchronise) or anything else."""
+    if isinstance(value, torch.Tensor):
+        return float(value) if value.device.type == "cpu" and value.numel() == 1 else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 class NoiseHyperParams(nn.Module):
     """The ANA configuration of a layer: quantiser, noise, strategy, and μ, σ (and a backward
     noise's μ_b, σ_b) kept as buffers so that state_dict, .to() and DDP carry them and a
-    NoiseController can anneal them without recompilation."""
+    NoiseController can anneal them without recompilation.
 
-    def _setup_noise(self, quantizer, noise, strategy, mu, sigma, backward_noise):
-        if quantizer is None:
-            quantizer = Quantizer.ternary()
-        if not isinstance(quantizer, Quantizer):
-            raise TypeError(f"anacuda.nn: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
-        self.quantizer = quantizer
-        self.noise = check_noise_name(noise)
-        self.strategy = check_strategy(strategy)
-        self.register_buffer("mu", _buffer(mu, "mu", "any"))
-        self.register_buffer("sigma", _buffer(sigma, "sigma", "nonnegative"))
-        if backward_noise is None:
+    It also remembers, on the host, whether σ and the backward σ are both 0 as far as it was told
+    (the numbers given at construction, a state dict loaded from the host, and what a
+    NoiseController writes): the gradient through the layer is then exactly 0, and a training
+    forward warns once (see `_warn_if_no_gradient`). Device tensors are never read for this.
+    """
+
+    _no_gradient = False  # σ = σ_b = 0 as far as the host knows
+    _warned_no_gradient = False
+    _controller_name: Optional[str] = None  # the layer's name in the model, set by a NoiseController
+
+    def _setup_noise(self, config: ANAConfig):
+        self.quantizer = config.quantizer
+        self.noise = config.noise
+        self.strategy = config.strategy
+        self.register_buffer("mu", _buffer(config.mu))
+        self.register_buffer("sigma", _buffer(config.sigma))
+        if config.backward_noise is None:
             self.backward_noise_name = None
         else:
-            b = Noise.of(backward_noise)
+            b = config.backward_noise
             self.backward_noise_name = b.name
-            self.register_buffer("mu_b", _buffer(b.mu, "backward mu", "any"))
-            self.register_buffer("sigma_b", _buffer(b.sigma, "backward sigma", "nonnegative"))
+            self.register_buffer("mu_b", _buffer(b.mu))
+            self.register_buffer("sigma_b", _buffer(b.sigma))
+        self._note_sigma(_host_value(config.sigma))
 
     def _backward_noise(self):
-        if self.backward_noise_name is None:
-            return None
+        if self.backward_noise_name in (None, "identity"):  # identity: no mu or sigma (SPEC §5)
+            return self.backward_noise_name
         return (self.backward_noise_name, self.mu_b, self.sigma_b)
+
+    def _note_sigma(self, sigma: Optional[float], name: Optional[str] = None) -> None:
+        """Record σ as the host knows it (None: unknown) and whether the backward σ is 0 too."""
+        if name is not None:
+            self._controller_name = name
+        if self.backward_noise_name is None:
+            sigma_b = sigma
+        else:
+            sigma_b = _host_value(self.sigma_b)
+        self._no_gradient = sigma == 0 and sigma_b == 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._note_sigma(_host_value(state_dict.get(prefix + "sigma")))
+
+    def _warn_if_no_gradient(self, upstream_needs_grad: bool, what: str) -> None:
+        """Warns once when this layer trains with σ = σ_b = 0 while something before it needs a
+        gradient (`what` says what gets none). Python attributes only: no synchronisation, and
+        nothing under torch.compile (reading them there would add guards and recompilations)."""
+        if torch.compiler.is_compiling() or not self._no_gradient or self._warned_no_gradient:
+            return
+        if not (self.training and upstream_needs_grad and torch.is_grad_enabled()):
+            return
+        self._warned_no_gradient = True
+        name = f"{self._controller_name!r} ({type(self).__name__})" if self._controller_name else type(self).__name__
+        warnings.warn(
+            f"anacuda: layer {name} trains with sigma = 0 and a backward noise of sigma 0 (without backward_noise "
+            f"the backward noise is the forward one): the gradient through its quantiser is exactly 0, so {what}. "
+            "Give the layer a separate backward noise, e.g. "
+            "backward_noise=(\"uniform\", 0, 0.5) (a layer argument, convert(..., backward_noise=...) or "
+            "ANAConfig), or stop training once sigma reaches 0. (Warned once per layer.)", stacklevel=2)
 
     def _noise_repr(self) -> str:
         s = (f"quantizer={self.quantizer}, noise={self.noise}, strategy={self.strategy}, "
@@ -53,17 +104,24 @@ class NoiseHyperParams(nn.Module):
 
 class ANAActivation(NoiseHyperParams):
     """y = eps · g(x / eps) with ANA (SPEC §4): smoothed while training with σ > 0, the hard stair
-    Q(x / eps − μ) in eval mode. Defaults follow the CVPR 2022 CIFAR-10 setting: ternary levels,
-    uniform noise σ = 0.5, strategy mode (the clipped STE)."""
+    Q(x / eps − μ) in eval mode. Defaults (ANAConfig's) follow the CVPR 2022 CIFAR-10 setting:
+    ternary levels, uniform noise σ = 0.5, strategy mode (the clipped STE), eps 1.
 
-    def __init__(self, quantizer: Quantizer = None, noise: str = "uniform", strategy: str = "mode",
-                 mu: Param = 0.0, sigma: Param = 0.5, eps: Param = 1.0, backward_noise=None):
+    The arguments are an ANAConfig's (`eps` a number or a tensor): pass them as arguments, or pass
+    ``config=`` (an ANAConfig or an ``anacuda.ste`` preset) instead; not both.
+    """
+
+    def __init__(self, quantizer: Quantizer = None, noise: str = None, strategy: str = None, mu: Param = None,
+                 sigma: Param = None, eps: Param = None, backward_noise=None, *, config: ANAConfig = None):
         super().__init__()
-        self._setup_noise(quantizer, noise, strategy, mu, sigma, backward_noise)
-        eps_t = as_param(eps, "eps", "positive", scalar=False, stored=True)
+        config = ANAConfig.build(config, "anacuda.nn.ANAActivation", quantizer=quantizer, noise=noise,
+                                 strategy=strategy, mu=mu, sigma=sigma, eps=eps, backward_noise=backward_noise)
+        self._setup_noise(config)
+        eps_t = as_param(1.0 if config.eps is None else config.eps, "eps", "positive", scalar=False, stored=True)
         self.register_buffer("eps", eps_t.detach().to(torch.float32).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._warn_if_no_gradient(x.requires_grad, "no parameter before it gets a gradient through it")
         return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.eps,
                      self._backward_noise())
 

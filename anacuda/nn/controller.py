@@ -5,10 +5,21 @@ Both are stepped per epoch or per iteration (``step()`` adds one unit of time, `
 a fractional time), write the current values into the layers' buffers in place (no
 recompilation, no synchronisation beyond a tiny host-to-device copy), and have
 ``state_dict()`` / ``load_state_dict()``.
+
+Resuming: a controller's state dict holds its whole configuration and the time (for a
+NoiseController: the groups by module name, each group's μ0, σ0 and decay windows, powers and
+schedule). Loading it restores μ0, σ0 and the time and rewrites the layers' values, so that the
+model, the controller and the optimizer may be loaded in any order, and the controller may be
+built before or after the model's state is loaded (σ0 read from an annealed layer is replaced by
+the saved one). A state dict of another configuration (other groups, windows, powers or
+schedule) or of another controller is rejected. The random strategy also draws from torch's
+generator: save ``torch.get_rng_state()`` (and ``torch.cuda.get_rng_state_all()`` on GPUs) with
+the checkpoint and restore it, or seed torch at the resume point, to continue bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -45,11 +56,15 @@ class Decay:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"anacuda: unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
+        for name in ("tstart", "tend", "power", "floor"):
+            object.__setattr__(self, name, _number(getattr(self, name), name, "Decay"))
         if not (math.isfinite(self.tstart) and math.isfinite(self.tend)) or (
                 self.schedule not in ("uws", "constant") and self.tend <= self.tstart):
             raise ValueError(f"anacuda: a decay window needs tstart < tend, got [{self.tstart}, {self.tend}]")
-        if not self.power >= 0:
-            raise ValueError(f"anacuda: the decay power must be >= 0, got {self.power}")
+        if not (self.power >= 0 and math.isfinite(self.power)):
+            raise ValueError(f"anacuda: the decay power must be >= 0 and finite, got {self.power}")
+        if not 0 <= self.floor <= 1:
+            raise ValueError(f"anacuda: the decay floor must be in [0, 1], got {self.floor}")
 
     def __call__(self, t: float) -> float:
         if self.schedule == "constant" or self.power == 0:
@@ -98,26 +113,87 @@ def _number(value, name: str, who: str) -> float:
     return float(value)
 
 
+def _time(value, who: str) -> float:
+    t = _number(value, "t", who)
+    if not (math.isfinite(t) and t >= 0):
+        raise ValueError(f"anacuda.{who}: t must be a finite time >= 0, got {t}")
+    return t
+
+
+def _start(value, name: str, who: str, signed: bool = False) -> float:
+    """A start value μ0 (signed) or σ0 (>= 0): a finite number."""
+    v = _number(value, name, who)
+    if not math.isfinite(v) or (not signed and v < 0):
+        raise ValueError(f"anacuda.{who}: {name} must be {'finite' if signed else 'finite and >= 0'}, got {v}")
+    return v
+
+
+def _check_groups(groups, modules: dict, what: str) -> List[List[str]]:
+    """Lists of ANA layer names, each non-empty, no layer in two of them."""
+    who = "NoiseController"
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence) or any(
+            isinstance(g, (str, bytes)) or not isinstance(g, Sequence) for g in groups):
+        raise TypeError(f"anacuda.{who}: {what} must be a list of lists of module names, got {groups!r}")
+    groups = [list(g) for g in groups]
+    if not groups or any(not g for g in groups):
+        raise ValueError(f"anacuda.{who}: every group needs at least one layer, got {groups}")
+    seen = [n for g in groups for n in g]
+    missing = [n for n in seen if n not in modules]
+    if missing:
+        raise ValueError(f"anacuda.{who}: {missing} are not ANA layers of the model")
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"anacuda.{who}: a module appears in two groups; groups must partition the layers")
+    return groups
+
+
 class _Clock:
-    """Time in the unit the user steps (epochs or iterations) and writing the values it implies
-    into the layers (`_apply`)."""
+    """Time in the unit the user steps (epochs or iterations), writing the values it implies into
+    the layers (`_apply`), and the state dict: the time plus the configuration (`_config`)."""
 
     t = 0.0
 
     def _apply(self):
         raise NotImplementedError
 
+    def _config(self) -> dict:
+        """The configuration as plain Python values (it goes into the state dict)."""
+        raise NotImplementedError
+
+    def _restore(self, config: dict, who: str) -> None:
+        """Check a saved configuration against this one and take what it restores."""
+        mine = self._config()
+        if config != mine:
+            raise ValueError(f"anacuda.{who}: the state dict is from another configuration (saved {config}, this "
+                             f"controller {mine}); build the controller with the arguments of the saved run")
+
     def step(self, t: Optional[float] = None) -> None:
         """Advance one unit of time (an epoch, or an iteration if you count in those), or jump
-        to time `t` (fractional epochs allowed), and write the new values into the layers."""
-        self.t = self.t + 1.0 if t is None else float(t)
+        to time `t` >= 0 (fractional epochs allowed), and write the new values into the layers."""
+        self.t = self.t + 1.0 if t is None else _time(t, f"{type(self).__name__}.step")
         self._apply()
 
     def state_dict(self) -> dict:
-        return {"t": self.t}
+        """The controller's kind, configuration and time, as plain Python values (torch.save and
+        ``torch.load(weights_only=True)`` take them)."""
+        return {"controller": type(self).__name__, "config": self._config(), "t": self.t}
 
     def load_state_dict(self, state: dict) -> None:
-        self.t = float(state["t"])
+        """Restores the time (and what the configuration restores) and rewrites the layers."""
+        kind = type(self).__name__
+        who = f"{kind}.load_state_dict"
+        if not isinstance(state, dict):
+            raise TypeError(f"anacuda.{who}: state must be a dict (from state_dict()), got {type(state).__name__}")
+        expected = {"controller", "config", "t"}
+        if set(state) != expected or state["controller"] != kind:
+            hint = (" (a state dict that holds only 't' lost sigma0 and mu0 and cannot resume: build the controller on "
+                    "a model with its initial sigma and mu, then call step(t))" if set(state) == {"t"} else "")
+            raise ValueError(f"anacuda.{who}: not a {kind} state dict: expected the keys {sorted(expected)} with "
+                             f"controller={kind!r}, got {state if len(repr(state)) < 200 else sorted(state)}{hint}")
+        t = _time(state["t"], who)
+        if not isinstance(state["config"], dict):
+            raise ValueError(f"anacuda.{who}: the state dict's config must be a dict, got {state['config']!r}")
+        self._restore(state["config"], who)
+        self.t = t
         self._apply()
 
 
@@ -151,24 +227,16 @@ class NoiseController(_Clock):
             return
         if not _number(epochs, "epochs", "NoiseController") > 0:
             raise ValueError(f"anacuda.NoiseController: epochs must be > 0, got {epochs}")
-        for name, v in (("sigma0", sigma0), ("mu0", mu0)):
-            if v is not None and not math.isfinite(_number(v, name, "NoiseController")):
-                raise ValueError(f"anacuda.NoiseController: {name} must be finite, got {v}")
-        if sigma0 is not None and sigma0 < 0:
-            raise ValueError(f"anacuda.NoiseController: sigma0 must be >= 0, got {sigma0}")
+        sigma0 = None if sigma0 is None else _start(sigma0, "sigma0", "NoiseController")
+        mu0 = None if mu0 is None else _start(mu0, "mu0", "NoiseController", signed=True)
+        for name, v in (("anneal_mu", anneal_mu), ("anneal_sigma", anneal_sigma)):
+            if not isinstance(v, bool):
+                raise TypeError(f"anacuda.NoiseController: {name} must be a bool, got {type(v).__name__}")
         if window not in WINDOWS:
             raise ValueError(f"anacuda.NoiseController: unknown window {window!r}; expected one of {WINDOWS}")
         if power not in POWERS:
             raise ValueError(f"anacuda.NoiseController: unknown power {power!r}; expected one of {POWERS}")
-        groups = [list(g) for g in (groups if groups is not None else auto_groups(model))]
-        if not groups or any(not g for g in groups):
-            raise ValueError(f"anacuda.NoiseController: every group needs at least one layer, got {groups}")
-        seen = [n for g in groups for n in g]
-        missing = [n for n in seen if n not in modules]
-        if missing:
-            raise ValueError(f"anacuda.NoiseController: {missing} are not ANA layers of the model")
-        if len(set(seen)) != len(seen):
-            raise ValueError("anacuda.NoiseController: a module appears in two groups; groups must partition the layers")
+        groups = _check_groups(groups if groups is not None else auto_groups(model), modules, "groups")
         L = len(groups)
         for l, names in enumerate(groups):
             ts, te = _window(window, l, L, float(epochs))
@@ -178,34 +246,76 @@ class NoiseController(_Clock):
                 modules=names,
                 mu=Decay(schedule, ts, te, a_mu) if anneal_mu else Decay("constant"),
                 sigma=Decay(schedule, ts, te, a_sigma) if anneal_sigma else Decay("constant"),
-                mu0=float(first.mu) if mu0 is None else float(mu0),
-                sigma0=float(first.sigma) if sigma0 is None else float(sigma0)))
+                mu0=float(first.mu) if mu0 is None else mu0,
+                sigma0=float(first.sigma) if sigma0 is None else sigma0))
         self._modules = modules
         self._apply()
 
     def _from_ctrl_spec(self, spec, modules):
-        def decay(d):
-            fun, kw = d.get("fun", "bws"), dict(d.get("kwargs", {}))
+        who = "NoiseController"
+
+        def keys(d, allowed, what):
+            if not isinstance(d, dict):
+                raise TypeError(f"anacuda.{who}: ctrl_spec {what} must be a dict, got {d!r}")
+            wrong = sorted(set(d) - set(allowed), key=str)
+            if wrong:
+                raise ValueError(f"anacuda.{who}: unknown ctrl_spec {what} keys {wrong}; allowed: {sorted(allowed)}")
+
+        def decay(d, what):
+            keys(d, ("beta", "fun", "kwargs"), what)
+            fun = d.get("fun", "bws")
+            if fun not in ("bws", "uws"):
+                raise ValueError(f"anacuda.{who}: unknown ctrl_spec fun {fun!r} (bws or uws)")
+            kw = d.get("kwargs", {})
+            keys(kw, ("tstart", "tend", "alpha") if fun == "bws" else ("tstart", "alpha", "eps"), f"{what} kwargs")
             if fun == "bws":
                 return Decay("bws", kw.get("tstart", 0.0), kw.get("tend", 1.0), kw.get("alpha", 1.0))
-            if fun == "uws":
-                return Decay("uws", kw.get("tstart", 0.0), kw.get("tstart", 0.0) + 1.0, kw.get("alpha", 1.0),
-                             kw.get("eps", 1e-3))
-            raise ValueError(f"anacuda.NoiseController: unknown ctrl_spec fun {fun!r} (bws or uws)")
+            tstart = _number(kw.get("tstart", 0.0), "tstart", who)
+            return Decay("uws", tstart, tstart + 1.0, kw.get("alpha", 1.0), kw.get("eps", 1e-3))
 
+        if not isinstance(spec, (list, tuple)):
+            raise TypeError(f"anacuda.{who}: ctrl_spec must be a list of dicts, got {type(spec).__name__}")
         for g in spec:
             if not isinstance(g, dict) or not g.get("modules"):
-                raise ValueError("anacuda.NoiseController: each ctrl_spec entry is a dict with a non-empty 'modules' "
+                raise ValueError(f"anacuda.{who}: each ctrl_spec entry is a dict with a non-empty 'modules' "
                                  f"list (and 'mi' / 'sigma' decays), got {g!r}")
-            names = list(g["modules"])
-            missing = [n for n in names if n not in modules]
-            if missing:
-                raise ValueError(f"anacuda.NoiseController: ctrl_spec modules {missing} are not ANA layers")
+            keys(g, ("modules", "mi", "sigma"), "entry")
+        names = _check_groups([g["modules"] for g in spec], modules, "ctrl_spec modules")
+        for g, group in zip(spec, names):
             mi, sg = g.get("mi", {"beta": 0.0}), g.get("sigma", {"beta": 0.0})
-            self._groups.append(dict(modules=names, mu=decay(mi), sigma=decay(sg),
-                                     mu0=float(mi.get("beta", 0.0)), sigma0=float(sg.get("beta", 0.0))))
+            mu, sigma = decay(mi, "'mi'"), decay(sg, "'sigma'")
+            self._groups.append(dict(modules=group, mu=mu, sigma=sigma,
+                                     mu0=_start(mi.get("beta", 0.0), "'mi' beta", who, signed=True),
+                                     sigma0=_start(sg.get("beta", 0.0), "'sigma' beta", who)))
         self._modules = modules
         self._apply()
+
+    def _config(self) -> dict:
+        return {"groups": [dict(modules=list(g["modules"]), mu0=g["mu0"], sigma0=g["sigma0"],
+                                mu=dataclasses.asdict(g["mu"]), sigma=dataclasses.asdict(g["sigma"]))
+                           for g in self._groups]}
+
+    def _restore(self, config: dict, who: str) -> None:
+        """The groups, windows, powers and schedules must be this controller's; μ0 and σ0 are
+        restored from the state (a controller built on an annealed model read the annealed ones)."""
+        def shape(cfg):
+            groups = cfg.get("groups") if isinstance(cfg, dict) else None
+            if set(cfg) != {"groups"} or not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+                return None
+            return [{k: v for k, v in g.items() if k not in ("mu0", "sigma0")} for g in groups]
+
+        saved, mine = shape(config), shape(self._config())
+        if saved != mine:
+            diff = ("a malformed config" if saved is None else f"saved {len(saved)} groups, this controller {len(mine)}"
+                    if len(saved) != len(mine) else
+                    next(f"group {i}: saved {a}, this controller {b}" for i, (a, b) in enumerate(zip(saved, mine))
+                         if a != b))
+            raise ValueError(f"anacuda.{who}: the state dict is from another configuration ({diff}); build the "
+                             "controller with the groups, window, power and schedule of the saved run")
+        starts = [(_start(g.get("mu0"), "mu0", who, signed=True), _start(g.get("sigma0"), "sigma0", who))
+                  for g in config["groups"]]
+        for g, (mu0, sigma0) in zip(self._groups, starts):
+            g["mu0"], g["sigma0"] = mu0, sigma0
 
     @property
     def groups(self) -> List[List[str]]:
@@ -224,6 +334,7 @@ class NoiseController(_Clock):
                 m = self._modules[name]
                 m.mu.fill_(v["mu"])
                 m.sigma.fill_(v["sigma"])
+                m._note_sigma(v["sigma"], name)  # the layer warns if it trains at sigma = backward sigma = 0
 
     def __repr__(self) -> str:
         rows = ", ".join(f"{v['modules']}: mu={v['mu']:.4g} sigma={v['sigma']:.4g}" for v in self.values())
@@ -243,7 +354,9 @@ class AlphaController(_Clock):
             raise ValueError(f"anacuda.AlphaController: shape must be 'cubic' or 'linear', got {shape!r}")
         if not end > start:
             raise ValueError(f"anacuda.AlphaController: needs start < end, got [{start}, {end}]")
-        self.modules = [m for _, m in quantised_modules(model, (AlphaBlendWeight,))]
+        named = quantised_modules(model, (AlphaBlendWeight,))
+        self.modules = [m for _, m in named]
+        self._names = [n for n, _ in named]
         if not self.modules:
             raise ValueError("anacuda.AlphaController: the model has no alpha-blending layers "
                              "(convert it with anacuda.convert(model, weights='alpha_blend'))")
@@ -255,6 +368,9 @@ class AlphaController(_Clock):
         t = self.t if t is None else t
         s = min(max((t - self.start) / (self.end - self.start), 0.0), 1.0)
         return 1.0 - (1.0 - s) ** 3 if self.shape == "cubic" else s
+
+    def _config(self) -> dict:
+        return {"modules": list(self._names), "start": self.start, "end": self.end, "shape": self.shape}
 
     @torch.no_grad()
     def _apply(self):

@@ -9,10 +9,11 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..quantizer import Param, Quantizer
+from ..config import ANAConfig
+from ..quantizer import Param, Quantizer, as_param
 from .activation import ANAActivation
 from .layers import (ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv1d, AlphaBlendConv2d,
-                     AlphaBlendConv3d, AlphaBlendLinear)
+                     AlphaBlendConv3d, AlphaBlendLinear, check_weight_args)
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 _ANA = {nn.Linear: ANALinear, nn.Conv1d: ANAConv1d, nn.Conv2d: ANAConv2d, nn.Conv3d: ANAConv3d}
@@ -41,13 +42,15 @@ def convert(
     activations: Optional[str] = "ana",
     weight_quantizer: Optional[Quantizer] = None,
     activation_quantizer: Optional[Quantizer] = None,
-    noise: str = "uniform",
-    strategy: str = "mode",
-    mu: Param = 0.0,
-    sigma: Param = 0.5,
+    noise: Optional[str] = None,
+    strategy: Optional[str] = None,
+    mu: Optional[Param] = None,
+    sigma: Optional[Param] = None,
     backward_noise=None,
-    weight_eps: Union[str, Param] = "max_abs_per_channel",
-    activation_eps: Param = 1.0,
+    weight_eps: Union[str, Param, None] = None,
+    activation_eps: Optional[Param] = None,
+    weight_config: Optional[ANAConfig] = None,
+    activation_config: Optional[ANAConfig] = None,
     alpha: Param = 0.0,
     skip: Iterable[Union[str, type]] = (),
     inplace: bool = False,
@@ -56,11 +59,16 @@ def convert(
     by ANA layers (``weights="ana"``) or alpha-blending layers (``weights="alpha_blend"``);
     ``weights=None`` / ``activations=None`` leave those alone.
 
-    Defaults follow the CVPR 2022 CIFAR-10 setting: ternary weights and activations, uniform
-    noise σ = 0.5, strategy mode (the clipped STE). `skip` holds module names (as in
-    ``model.named_modules()``, a prefix skips a whole subtree) or module types to keep in float,
-    e.g. ``skip=["conv1", "fc"]`` for the first and last layer of a ResNet. The model is deep
-    copied unless ``inplace=True``.
+    Defaults (ANAConfig's) follow the CVPR 2022 CIFAR-10 setting: ternary weights and
+    activations, uniform noise σ = 0.5, strategy mode (the clipped STE); weight eps
+    ``scale.DEFAULT_WEIGHT_RULE`` (docs/scales.md), activation eps 1. The quantisation is given
+    either as keywords (`noise`, `strategy`, `mu`, `sigma` and `backward_noise` for both sides,
+    ``weight_*`` / ``activation_*`` for one) or as ANAConfigs, `weight_config` (its eps may name a
+    weight-scale rule) and `activation_config`; a side given by a config takes no keyword. The
+    alpha-blending layers take `weight_quantizer`, `weight_eps` and `alpha`. `skip` holds module
+    names (as in ``model.named_modules()``, a prefix skips a whole subtree) or module types to
+    keep in float, e.g. ``skip=["conv1", "fc"]`` for the first and last layer of a ResNet. The
+    model is deep copied unless ``inplace=True``.
     """
     if weights not in ("ana", "alpha_blend", None):
         raise ValueError(f"anacuda.convert: weights must be 'ana', 'alpha_blend' or None, got {weights!r}")
@@ -68,6 +76,8 @@ def convert(
         raise ValueError(f"anacuda.convert: activations must be 'ana' or None, got {activations!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"anacuda.convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"anacuda.convert: inplace must be a bool, got {type(inplace).__name__}")
     skip = list(skip) if not isinstance(skip, (str, type)) else [skip]
     for s in skip:
         if not isinstance(s, (str, type)):
@@ -76,22 +86,29 @@ def convert(
     unknown = [s for s in skip if isinstance(s, str) and s not in names]
     if unknown:
         raise ValueError(f"anacuda.convert: skip names {unknown} are not modules of the model")
-    wq = weight_quantizer or Quantizer.ternary()
-    aq = activation_quantizer or Quantizer.ternary()
-    if weights == "ana":
-        quant = dict(quantizer=wq, noise=noise, strategy=strategy, mu=mu, sigma=sigma, eps=weight_eps,
-                     backward_noise=backward_noise)
-        table = _ANA
-    else:
-        quant = dict(quantizer=wq, alpha=alpha, eps=weight_eps)
-        table = _BLEND
+    shared = dict(noise=noise, strategy=strategy, mu=mu, sigma=sigma, backward_noise=backward_noise)
+    if (weight_config is not None or activation_config is not None) and any(v is not None for v in shared.values()):
+        raise TypeError("anacuda.convert: with weight_config or activation_config, pass noise, strategy, mu, sigma "
+                        "and backward_noise in the configs, not as keywords; got "
+                        f"{sorted(k for k, v in shared.items() if v is not None)}")
 
     # Every argument is checked now, whatever the model holds: a model with nothing to convert
     # must not hide a typo (the prototypes below are thrown away).
+    acfg = ANAConfig.build(activation_config, "anacuda.convert (activations)", quantizer=activation_quantizer,
+                           eps=activation_eps, **shared)
+    if weights == "ana":
+        wcfg = ANAConfig.build(weight_config, "anacuda.convert (weights)", quantizer=weight_quantizer, eps=weight_eps,
+                               **shared)
+        check_weight_args(wcfg.quantizer, wcfg.eps)
+        quant, table = dict(config=wcfg), _ANA
+    else:
+        if weight_config is not None:
+            raise TypeError(f"anacuda.convert: weight_config is for weights='ana', got weights={weights!r}")
+        check_weight_args(weight_quantizer, weight_eps)
+        as_param(alpha, "alpha", "unit", stored=True)
+        quant, table = dict(quantizer=weight_quantizer, alpha=alpha, eps=weight_eps), _BLEND
     if activations:
-        ANAActivation(aq, noise, strategy, mu, sigma, activation_eps, backward_noise)
-    if weights:
-        (ANALinear if weights == "ana" else AlphaBlendLinear)(1, 1, **quant)
+        ANAActivation(config=acfg)  # eps: a number or a tensor
 
     def skipped(name: str, m: nn.Module) -> bool:
         return any((isinstance(s, type) and isinstance(m, s)) or
@@ -105,7 +122,7 @@ def convert(
                 continue
             new = None
             if activations and type(child) in ACTIVATIONS:
-                new = ANAActivation(aq, noise, strategy, mu, sigma, activation_eps, backward_noise)
+                new = ANAActivation(config=acfg)
                 new.to(_device_of(model)).train(child.training)
             elif weights and type(child) in table:
                 new = _weight_layer(child, table[type(child)], **quant)

@@ -3,11 +3,13 @@
 ANALinear / ANAConv{1,2,3}d: the weight goes through ANA on every forward (smoothed while
 training, the hard stair in eval mode). AlphaBlendLinear / AlphaBlendConv{1,2,3}d: the weight
 is alpha-blended, α·eps·Q(w/eps) + (1 − α)·w (SPEC §6). Constructors take the torch.nn
-arguments plus the quantisation keywords; the forward is torch.nn's with the quantised weight.
+arguments plus the quantisation keywords (for the ANA layers: an ANAConfig's fields, or
+``config=``); the forward is torch.nn's with the quantised weight.
 
-Weight scale `eps`: a number or tensor (fixed, a buffer), or "max_abs" (per tensor) /
-"max_abs_per_channel" (per output channel), recomputed from the weight on every forward
-(anacuda.scale.max_abs, no gradient through it).
+Weight scale `eps`: a number or tensor broadcastable to the weight (fixed, a buffer), or the name
+of a rule of ``anacuda.scale.WEIGHT_RULES`` recomputed from the weight on every forward (no
+gradient through it); default ``scale.DEFAULT_WEIGHT_RULE`` (docs/scales.md says why).
+The weight quantiser's levels must not decrease: freeze stores each weight as its level's index.
 """
 
 from __future__ import annotations
@@ -19,29 +21,57 @@ from torch import nn
 
 from .. import functional as F
 from .. import scale
+from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
 from .activation import NoiseHyperParams
 
-_EPS_MODES = ("max_abs", "max_abs_per_channel")
+
+def check_weight_args(quantizer, eps):
+    """A weight layer's quantiser (default ternary; levels must not decrease) and eps (None: the
+    default rule; a rule the quantiser can take; or a positive number or tensor), checked for
+    any weight shape. Returns (quantizer, eps)."""
+    if quantizer is None:
+        quantizer = Quantizer.ternary()
+    if not isinstance(quantizer, Quantizer):
+        raise TypeError(f"anacuda.nn: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
+    lv = quantizer._levels
+    if bool((lv[1:] < lv[:-1]).any()):
+        raise ValueError(f"anacuda.nn: a weight quantizer's levels must not decrease (freeze stores each weight as "
+                         f"the index of its level), got levels {lv.tolist()}")
+    if eps is None:
+        eps = scale.DEFAULT_WEIGHT_RULE
+    if isinstance(eps, str):
+        scale.weight_scale(torch.ones(1, 1), quantizer, eps)  # an unknown rule, or one the quantiser cannot take
+    else:
+        eps = as_param(eps, "eps", "positive", scalar=False, stored=True)
+    return quantizer, eps
 
 
 class _WeightScale:
     """The weight's eps: a fixed buffer or a rule applied to the current weight."""
 
-    def _setup_eps(self, eps):
+    def _setup_weight_quantisation(self, quantizer, eps):
+        self.quantizer, eps = check_weight_args(quantizer, eps)
         if isinstance(eps, str):
-            if eps not in _EPS_MODES:
-                raise ValueError(f"anacuda.nn: weight eps must be a number, a tensor or one of {_EPS_MODES}, got {eps!r}")
             self.eps_mode = eps
             self.register_buffer("eps", None)
-        else:
-            self.eps_mode = None
-            self.register_buffer("eps", as_param(eps, "eps", "positive", scalar=False, stored=True).detach().float().clone())
+            return
+        self.eps_mode = None
+        eps_t = eps.detach().float().clone()
+        w = tuple(self.weight.shape)
+        try:
+            fits = torch.broadcast_shapes(eps_t.shape, w) == w
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"anacuda.nn: eps of shape {tuple(eps_t.shape)} does not broadcast to the weight's shape "
+                             f"{w} (one eps per output channel has shape {(w[0],) + (1,) * (len(w) - 1)})")
+        self.register_buffer("eps", eps_t)
 
     def weight_eps(self) -> torch.Tensor:
         if self.eps_mode is None:
             return self.eps
-        return scale.max_abs(self.weight, self.quantizer, dim=0 if self.eps_mode == "max_abs_per_channel" else None)
+        return scale.weight_scale(self.weight, self.quantizer, self.eps_mode)
 
     def _eps_repr(self) -> str:
         if self.eps_mode is not None:
@@ -52,15 +82,16 @@ class _WeightScale:
 class ANAWeight(_WeightScale, NoiseHyperParams):
     """Mixin: ANA on the weight of a torch.nn Linear/Conv."""
 
-    def _setup_ana(self, quantizer, noise, strategy, mu, sigma, eps, backward_noise, init):
-        self._setup_noise(quantizer, noise, strategy, mu, sigma, backward_noise)
-        self._setup_eps(eps)
+    def _setup_ana(self, config: ANAConfig, init):
+        self._setup_weight_quantisation(config.quantizer, config.eps)
+        self._setup_noise(config)
         if init == "thresholds":
             self.init_near_thresholds()
         elif init is not None:
             raise ValueError(f"anacuda.nn: init must be None or 'thresholds', got {init!r}")
 
     def quantized_weight(self) -> torch.Tensor:
+        self._warn_if_no_gradient(self.weight.requires_grad, "its weight gets a zero gradient and stops learning")
         return F.ana(self.weight, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training,
                      self.weight_eps(), self._backward_noise())
 
@@ -84,13 +115,8 @@ class AlphaBlendWeight(_WeightScale):
     """Mixin: alpha-blending of the weight of a torch.nn Linear/Conv; α is a buffer."""
 
     def _setup_blend(self, quantizer, alpha, eps):
-        if quantizer is None:
-            quantizer = Quantizer.ternary()
-        if not isinstance(quantizer, Quantizer):
-            raise TypeError(f"anacuda.nn: quantizer must be an anacuda.Quantizer, got {type(quantizer).__name__}")
-        self.quantizer = quantizer
+        self._setup_weight_quantisation(quantizer, eps)
         self.register_buffer("alpha", as_param(alpha, "alpha", "unit", stored=True).detach().float().reshape(()).clone())
-        self._setup_eps(eps)
 
     def quantized_weight(self) -> torch.Tensor:
         if not self.training:  # deployed: fully quantised
@@ -101,17 +127,22 @@ class AlphaBlendWeight(_WeightScale):
         return f"{super().extra_repr()}, quantizer={self.quantizer}, alpha={self.alpha.item():.4g}, {self._eps_repr()}"
 
 
-def _ana_kwargs(quantizer, noise, strategy, mu, sigma, eps, backward_noise, init):
-    return dict(quantizer=quantizer, noise=noise, strategy=strategy, mu=mu, sigma=sigma, eps=eps,
-                backward_noise=backward_noise, init=init)
+def _config(cls_name, config, **given) -> ANAConfig:
+    return ANAConfig.build(config, f"anacuda.nn.{cls_name}", **given)
 
 
 class ANALinear(ANAWeight, nn.Linear):
+    """Drop-in torch.nn.Linear with ANA weights. Quantisation keywords: an ANAConfig's fields
+    (defaults: ternary, uniform noise σ = 0.5, mode, eps ``scale.DEFAULT_WEIGHT_RULE``), or
+    ``config=``; `init="thresholds"` starts every weight near a threshold (needs a numeric eps)."""
+
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, quantizer: Quantizer = None,
-                 noise="uniform", strategy="mode", mu: Param = 0.0, sigma: Param = 0.5, eps="max_abs_per_channel",
-                 backward_noise=None, init=None):
+                 noise: str = None, strategy: str = None, mu: Param = None, sigma: Param = None, eps=None,
+                 backward_noise=None, init=None, config: ANAConfig = None):
+        cfg = _config("ANALinear", config, quantizer=quantizer, noise=noise, strategy=strategy, mu=mu, sigma=sigma,
+                      eps=eps, backward_noise=backward_noise)
         nn.Linear.__init__(self, in_features, out_features, bias, device, dtype)
-        self._setup_ana(quantizer, noise, strategy, mu, sigma, eps, backward_noise, init)
+        self._setup_ana(cfg, init)
 
     def forward(self, x):
         return nn.functional.linear(x, self.quantized_weight(), self.bias)
@@ -122,15 +153,17 @@ def _conv_class(base, prefix):
         if prefix == "ANA":
             def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                          bias=True, padding_mode="zeros", device=None, dtype=None, *, quantizer: Quantizer = None,
-                         noise="uniform", strategy="mode", mu: Param = 0.0, sigma: Param = 0.5,
-                         eps="max_abs_per_channel", backward_noise=None, init=None):
+                         noise: str = None, strategy: str = None, mu: Param = None, sigma: Param = None, eps=None,
+                         backward_noise=None, init=None, config: ANAConfig = None):
+                cfg = _config(f"ANA{base.__name__}", config, quantizer=quantizer, noise=noise, strategy=strategy,
+                              mu=mu, sigma=sigma, eps=eps, backward_noise=backward_noise)
                 base.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                               padding_mode, device, dtype)
-                self._setup_ana(quantizer, noise, strategy, mu, sigma, eps, backward_noise, init)
+                self._setup_ana(cfg, init)
         else:
             def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                          bias=True, padding_mode="zeros", device=None, dtype=None, *, quantizer: Quantizer = None,
-                         alpha: Param = 0.0, eps="max_abs_per_channel"):
+                         alpha: Param = 0.0, eps=None):
                 base.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                               padding_mode, device, dtype)
                 self._setup_blend(quantizer, alpha, eps)
@@ -153,7 +186,7 @@ AlphaBlendConv3d = _conv_class(nn.Conv3d, "AlphaBlend")
 
 class AlphaBlendLinear(AlphaBlendWeight, nn.Linear):
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, quantizer: Quantizer = None,
-                 alpha: Param = 0.0, eps="max_abs_per_channel"):
+                 alpha: Param = 0.0, eps=None):
         nn.Linear.__init__(self, in_features, out_features, bias, device, dtype)
         self._setup_blend(quantizer, alpha, eps)
 

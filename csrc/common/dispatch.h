@@ -24,6 +24,7 @@ template <typename F> void dispatch_noise(NoiseKind n, F&& f) {
     case NoiseKind::Triangular: f(NoiseTag<NoiseKind::Triangular>{}); break;
     case NoiseKind::Normal: f(NoiseTag<NoiseKind::Normal>{}); break;
     case NoiseKind::Logistic: f(NoiseTag<NoiseKind::Logistic>{}); break;
+    case NoiseKind::Identity: TORCH_CHECK(false, "anacuda: 'identity' is not a noise law (a backward only)");
   }
 }
 

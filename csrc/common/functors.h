@@ -59,6 +59,21 @@ template <NoiseKind N, typename T> struct AnaBackward {
   }
 };
 
+// grad_x = grad for the "identity" backward (SPEC §5: the unclipped STE), everywhere, ±inf
+// included; NaN where x / eps is NaN (and for an invalid eps read on the device).
+template <typename T> struct IdentityBackward {
+  static constexpr bool kRandom = false;
+  EpsLayout<T> eps;
+
+  C10_HOST_DEVICE inline void init() {}
+  C10_HOST_DEVICE inline T operator()(int64_t i, T g, T x) const {
+    const T e = eps.at(i);
+    if (!valid_eps(e)) return quiet_nan<T>();
+    const T u = x / e;
+    return u != u ? u : g;
+  }
+};
+
 // The 1-byte code of a uniform backward noise (box_code.h) of x.
 template <typename T> struct UniformBoxCode {
   static constexpr bool kRandom = false;

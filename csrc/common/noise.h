@@ -27,7 +27,10 @@
 
 namespace anacuda {
 
-enum class NoiseKind : int { Uniform = 0, Triangular = 1, Normal = 2, Logistic = 3 };
+enum class NoiseKind : int { Uniform = 0, Triangular = 1, Normal = 2, Logistic = 3,
+  // The "identity" backward of SPEC §5 (the unclipped STE): not a law, so no Noise<> below; it is
+  // valid only as a backward noise and never reaches dispatch_noise (IdentityBackward, functors.h).
+  Identity = 4 };
 enum class Strategy : int { Expectation = 0, Mode = 1, Random = 2 };
 
 // The elementary functions the formulas call, for a value type V: float and double here (libm on

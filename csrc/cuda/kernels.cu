@@ -26,6 +26,10 @@ void ana_backward(const AnaCall& c, const at::Tensor& g, const at::Tensor& x, co
   ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::_ana_backward", [&] {
     using T = at::opmath_type<scalar_t>;
     const AnaParams<T> p = c.backward<T>();
+    if (c.noise_b.kind == NoiseKind::Identity) {
+      launch_binary<scalar_t, scalar_t>(g, x, gx, IdentityBackward<T>{p.eps});
+      return;
+    }
     dispatch_noise(c.noise_b.kind,
                    [&](auto n) { launch_binary<scalar_t, scalar_t>(g, x, gx, AnaBackward<decltype(n)::value, T>{p}); });
   });

@@ -32,7 +32,7 @@ at::Tensor ana_backward(const at::Tensor& grad, const at::Tensor& x, const at::T
   check_grad(grad, x);
   const MemoryOrder order = memory_order(x);
   AnaCall call;
-  call.noise_b = noise_arg(parse_noise(noise_b), mu_b, sigma_b, x, true);
+  call.noise_b = noise_arg(parse_noise(noise_b, true), mu_b, sigma_b, x, true);
   call.grid = grid_arg(levels, thresholds, uniform_grid, x);
   call.eps = eps_arg(eps, x, order);
   const c10::OptionalDeviceGuard guard(x.device());

@@ -21,12 +21,17 @@ namespace anacuda {
 // Half types compute in float (SPEC §7).
 inline at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-inline NoiseKind parse_noise(std::string_view s) {
+// `backward`: the backward noise, which may also be "identity" (SPEC §5).
+inline NoiseKind parse_noise(std::string_view s, bool backward = false) {
   if (s == "uniform") return NoiseKind::Uniform;
   if (s == "triangular") return NoiseKind::Triangular;
   if (s == "normal") return NoiseKind::Normal;
   if (s == "logistic") return NoiseKind::Logistic;
-  TORCH_CHECK(false, "anacuda: unknown noise '", s, "'; expected uniform, triangular, normal or logistic");
+  TORCH_CHECK(!(s == "identity" && !backward), "anacuda: 'identity' is a backward noise only (the unclipped STE); "
+              "the forward noise is uniform, triangular, normal or logistic");
+  if (s == "identity") return NoiseKind::Identity;
+  TORCH_CHECK(false, "anacuda: unknown noise '", s, "'; expected uniform, triangular, normal or logistic",
+              backward ? " (or identity, for a backward)" : "");
 }
 
 inline Strategy parse_strategy(std::string_view s) {
@@ -106,8 +111,10 @@ inline GridArg grid_arg(const at::Tensor& levels, const at::Tensor& thresholds, 
 
 // eps broadcast to x's shape: one value, or a contiguous block of dimensions of x in memory
 // order (e.g. one value per channel, NCHW or channels_last), or, for any other broadcast,
-// materialised at x's shape.
-inline EpsArg eps_arg(const at::Tensor& eps, const at::Tensor& x, const MemoryOrder& order) {
+// materialised at x's shape. `check_values` false: an eps the op computed itself (a dynamic
+// scale, SPEC §9), NaN where its group holds a NaN or ±inf, read by the kernels as a device
+// eps is (an invalid value gives NaN).
+inline EpsArg eps_arg(const at::Tensor& eps, const at::Tensor& x, const MemoryOrder& order, bool check_values = true) {
   TORCH_CHECK(eps.defined() && at::isFloatingType(eps.scalar_type()),
               "anacuda: eps must be a number or a floating tensor");
   TORCH_CHECK(on_host_or(eps, x.device()), "anacuda: eps is on ", eps.device(), " but the input is on ", x.device());
@@ -123,7 +130,7 @@ inline EpsArg eps_arg(const at::Tensor& eps, const at::Tensor& x, const MemoryOr
   const at::ScalarType ct = compute_type(x.scalar_type());
   EpsArg e;
   if (eps.numel() == 1) {
-    if (eps.device().is_cpu()) {
+    if (eps.device().is_cpu() && check_values) {
       const double v = eps.item<double>();
       TORCH_CHECK(std::isfinite(v) && v > 0, "anacuda: eps must be finite and > 0, got ", v);
       const bool fits = ct == at::kDouble || (std::isfinite(static_cast<float>(v)) && static_cast<float>(v) > 0);
@@ -137,7 +144,7 @@ inline EpsArg eps_arg(const at::Tensor& eps, const at::Tensor& x, const MemoryOr
   TORCH_CHECK(eps.device() == x.device(), "anacuda: an eps of more than one value must be on the input's device ",
               x.device(), ", got ", eps.device());
   const at::Tensor et = eps.to(ct);  // checked in the compute type
-  if (et.device().is_cpu())
+  if (et.device().is_cpu() && check_values)
     TORCH_CHECK(et.gt(0).logical_and(et.isfinite()).all().item<bool>(),
                 "anacuda: every eps must be finite and > 0 (in ", ct, ", the compute type)");
   // eps with x's dimensions, both in memory order.
@@ -226,7 +233,7 @@ inline AnaCall forward_call(const at::Tensor& x, MemoryOrder& order, const at::T
   const NoiseKind kind = parse_noise(noise);
   c.strategy = parse_strategy(strategy);
   c.noise = noise_arg(kind, mu, sigma, x, false);
-  c.noise_b = noise_arg(parse_noise(noise_b), mu_b, sigma_b, x, true);
+  c.noise_b = noise_arg(parse_noise(noise_b, true), mu_b, sigma_b, x, true);
   c.training = training;
   c.grid = grid_arg(levels, thresholds, uniform_grid, x);
   if (c.strategy == Strategy::Random && training) order = MemoryOrder{};

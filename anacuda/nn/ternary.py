@@ -1,0 +1,206 @@
+"""Ternary Linear layers for transformers: BitNet b1.58's BitLinear, and the same layer trained
+with ANA.
+
+TernaryLinear: ternary weights with a dynamic absmean scale (one per tensor by default, one per
+output channel as an option), 8-bit activations with a dynamic absmax scale per token on its
+input, and an optional RMSNorm in front (BitNet's SubLN). Both quantisers are DynamicScaleANA
+modules: ANA with any noise and strategy (SPEC §4, §5), μ and σ kept as buffers that a
+NoiseController anneals, and the scale computed from the input on every call (SPEC §9).
+BitLinear: BitNet b1.58's recipe — the hard forward (σ = 0) with the unclipped STE.
+
+Until the op computes the dynamic scales itself and offers the "identity" backward (issue 14),
+both are done here in Python: `dynamic_eps` (the scale, detached) and `straight_through`
+(BitNet's detach trick). Each is one small function, so that the op replaces it in one place.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from ..config import ANAConfig
+from ..quantizer import Param, Quantizer, compute_dtype
+from ..scale import _top
+from .activation import NoiseHyperParams
+
+#: The rules of SPEC §9 (channel = dim 0): eps = max(r(|x|), R_MIN) / c.
+SCALE_RULES = ("absmax_per_token", "absmean", "absmax", "absmean_per_channel", "absmax_per_channel")
+R_MIN = 1e-5
+IDENTITY = "identity"  # the unclipped STE as a backward "noise" (SPEC §5)
+
+
+def dynamic_eps(x: torch.Tensor, rule: str, quantizer: Quantizer) -> torch.Tensor:
+    """eps = max(r(|x|), 1e-5) / c (SPEC §9), detached, broadcastable to x, in the compute dtype
+    (float32 for half types). c: the largest magnitude the grid reaches on both sides of 0 (127
+    for 8-bit, 1 for ternary). An all-zero group gets eps = 1e-5 / c and quantises to 0."""
+    a = x.detach().abs().to(compute_dtype(x.dtype))
+    if rule == "absmax_per_token":
+        r = a.amax(dim=-1, keepdim=True)
+    elif rule in ("absmean", "absmax"):
+        r = a.mean() if rule == "absmean" else a.amax()
+    else:  # per output channel: one value per slice along dim 0
+        flat = a.reshape(a.shape[0], -1)
+        r = (flat.mean(dim=1) if rule == "absmean_per_channel" else flat.amax(dim=1))
+        r = r.reshape((-1,) + (1,) * (a.dim() - 1))
+    return r.clamp(min=R_MIN) / _top(quantizer)
+
+
+def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The value q with the gradient of the identity: BitNet's unclipped STE, written as its
+    public code writes it. (The "identity" backward noise of the op will replace it.)"""
+    return x + (q - x).detach()
+
+
+def _check_rule(rule) -> str:
+    if rule not in SCALE_RULES:
+        raise ValueError(f"anacuda.nn: the scale rule must be one of {SCALE_RULES}, got {rule!r}")
+    return rule
+
+
+class DynamicScaleANA(NoiseHyperParams):
+    """y = eps · g(x / eps) with ANA (SPEC §4, §5), eps computed from x by `rule` on every call
+    (SPEC §9; no gradient through it). backward_noise: as in anacuda.functional.ana, or
+    "identity" for the unclipped STE (the gradient passes unchanged; SPEC §5). Defaults: 8-bit
+    signed levels −128 … 127, uniform noise σ = 0.5, strategy mode (rounding, with the clipped STE
+    on [−128, 127) as gradient). Not training, or σ = 0: the hard stair.
+
+    A group (row, tensor or channel) that holds a NaN or an infinity has no finite scale; its
+    output is NaN, as in BitNet's code. An all-zero group quantises to 0.
+    """
+
+    def __init__(self, rule: str = "absmax_per_token", quantizer: Optional[Quantizer] = None, noise: str = "uniform",
+                 strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None):
+        super().__init__()
+        self.rule = _check_rule(rule)
+        self.identity_backward = isinstance(backward_noise, str) and backward_noise == IDENTITY
+        self._setup_noise(ANAConfig(Quantizer.uniform(8, signed=True) if quantizer is None else quantizer, noise,
+                                    strategy, mu, sigma,
+                                    backward_noise=None if self.identity_backward else backward_noise))
+        _top(self.quantizer)  # a grid with no level away from 0 has no scale: fail now, not in forward
+
+    def _needed_dims(self) -> int:
+        return 2 if self.rule == "absmax_per_token" else (1 if self.rule.endswith("_per_channel") else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"anacuda.DynamicScaleANA: x must be a tensor, got {type(x).__name__}")
+        need = self._needed_dims()
+        if x.dim() < need:
+            what = "tokens and features, shape (..., tokens, features)" if need == 2 else "a channel dimension"
+            raise ValueError(f"anacuda.DynamicScaleANA: the scale rule {self.rule!r} needs {what}; got a "
+                             f"{x.dim()}-d input of shape {tuple(x.shape)}")
+        if x.numel() == 0:  # nothing to scale (a mean over nothing would be NaN)
+            return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, 1.0,
+                         self._backward_noise())
+        if self.identity_backward:
+            return straight_through(x, self._quantise(x.detach(), None))
+        return self._quantise(x, self._backward_noise())
+
+    def _quantise(self, x: torch.Tensor, backward_noise) -> torch.Tensor:
+        eps = dynamic_eps(x, self.rule, self.quantizer)
+        finite = torch.isfinite(eps)
+        y = F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training,
+                  torch.where(finite, eps, 1.0), backward_noise)
+        return torch.where(finite, y, float("nan"))
+
+    def extra_repr(self) -> str:
+        s = f"rule={self.rule}, {self._noise_repr()}"
+        return s + (", backward_noise=identity" if self.identity_backward else "")
+
+
+def _check_features(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"anacuda.TernaryLinear: {name} must be an integer >= 1, got {n!r}")
+    return int(n)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+class TernaryLinear(nn.Linear):
+    """Drop-in torch.nn.Linear with ternary weights and 8-bit per-token activations on its input
+    (BitNet b1.58's layer), trained with ANA.
+
+    y = linear(A(norm(x)), W(weight), bias), where
+    - norm: ``torch.nn.RMSNorm(in_features)`` when ``norm=True`` (BitNet's SubLN), else none;
+    - A = ``self.input_quant``: DynamicScaleANA on a signed `activation_bits` grid (−128 … 127),
+      eps = max|x| / 127 per token (the last dimension); ``activation_bits=None``: no A;
+    - W = ``self.weight_quant``: DynamicScaleANA on the ternary grid {−1, 0, 1} with
+      `weight_scale` "absmean" (eps = mean|W|, BitNet's), "absmean_per_channel" (per output
+      channel), "absmax" or "absmax_per_channel".
+
+    noise, strategy, mu, sigma, backward_noise configure both quantisers (as anacuda.functional.ana;
+    backward_noise may also be "identity", the unclipped STE); the ``activation_*`` arguments
+    override them for the input's quantiser. Training with σ > 0 smooths the stairs; eval mode or
+    σ = 0 gives the hard ternary / 8-bit network.
+
+    Annealing: σ and μ are buffers of the two quantisers (``weight_quant.sigma``,
+    ``input_quant.sigma``); ``anacuda.NoiseController(model, T)`` finds them. By default it puts
+    all of a model's quantisers into one group whose σ starts from the first one's; pass
+    ``groups`` (module names) for other groupings.
+
+    The input needs a token dimension: shape (..., tokens, in_features); a 0-d or 1-d input is
+    refused. ``freeze`` leaves this layer as it is (in eval mode it is already the hard network).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 noise: str = "uniform", strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5,
+                 backward_noise=None, weight_scale: str = "absmean", activation_bits: Optional[int] = 8,
+                 activation_noise: Optional[str] = None, activation_strategy: Optional[str] = None,
+                 activation_mu: Optional[Param] = None, activation_sigma: Optional[Param] = None,
+                 activation_backward_noise=None, norm: bool = False):
+        _check_features(in_features, "in_features")
+        _check_features(out_features, "out_features")
+        if weight_scale not in SCALE_RULES or weight_scale == "absmax_per_token":
+            raise ValueError("anacuda.TernaryLinear: weight_scale must be 'absmean', 'absmean_per_channel', 'absmax' "
+                             f"or 'absmax_per_channel', got {weight_scale!r}")
+        if activation_bits is not None and (isinstance(activation_bits, bool) or
+                                            not isinstance(activation_bits, numbers.Integral) or
+                                            not 2 <= activation_bits <= 16):
+            raise ValueError(f"anacuda.TernaryLinear: activation_bits must be an integer in [2, 16] or None, "
+                             f"got {activation_bits!r}")
+        if not isinstance(norm, bool):
+            raise TypeError(f"anacuda.TernaryLinear: norm must be a bool, got {type(norm).__name__}")
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.norm = nn.RMSNorm(in_features, device=device, dtype=dtype) if norm else None
+        self.input_quant = None if activation_bits is None else DynamicScaleANA(
+            "absmax_per_token", Quantizer.uniform(int(activation_bits), signed=True), _or(activation_noise, noise),
+            _or(activation_strategy, strategy), _or(activation_mu, mu), _or(activation_sigma, sigma),
+            _or(activation_backward_noise, backward_noise))
+        self.weight_quant = DynamicScaleANA(weight_scale, Quantizer.ternary(), noise, strategy, mu, sigma,
+                                            backward_noise)
+        if device is not None:
+            self.to(device)  # the quantisers' buffers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"anacuda.TernaryLinear: x must be a tensor, got {type(x).__name__}")
+        if x.dim() < 2 or x.shape[-1] != self.in_features:
+            raise ValueError(f"anacuda.TernaryLinear: the input must have shape (..., tokens, {self.in_features}) "
+                             f"(a token dimension and in_features = {self.in_features}), got {tuple(x.shape)}")
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight_scale={self.weight_quant.rule}"
+
+
+class BitLinear(TernaryLinear):
+    """BitNet b1.58's BitLinear ("The Era of 1-bit LLMs: Training Tips, Code and FAQ"): RMSNorm,
+    8-bit per-token absmax activations, ternary absmean weights, the hard forward (σ = 0) and
+    the unclipped straight-through estimator for both; no bias by default. The same layer as
+    TernaryLinear(..., sigma=0, backward_noise="identity", norm=True, bias=False), so that it and
+    ANA are compared on equal terms."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None, *,
+                 norm: bool = True, weight_scale: str = "absmean", activation_bits: Optional[int] = 8):
+        super().__init__(in_features, out_features, bias, device, dtype, sigma=0.0, backward_noise=IDENTITY,
+                         weight_scale=weight_scale, activation_bits=activation_bits, norm=norm)

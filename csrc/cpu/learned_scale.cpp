@@ -1,0 +1,129 @@
+// The CPU kernels of a learned scale (SPEC §8): the functors of common/learned_scale.h in the
+// loop structure of the CUDA kernels (cuda/learned_scale.cu), task by task, lane by lane, so that
+// the sums have the GPU's order and the same bits whatever the number of threads. Compiled once,
+// for the baseline instruction set. The fast path differs from the functors (the GPU's code) in
+// one place: a mode forward that is the hard stair (all_thresholds.h's rule) is computed as one.
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../common/dispatch.h"
+#include "../common/learned_scale.h"
+#include "../ops/learned_scale_kernels.h"
+#include "kernel_table.h"
+
+namespace anacuda {
+namespace {
+
+// op's Philox word of element i, the block cached across neighbouring elements.
+template <typename Op> struct Words {
+  uint64_t block = ~uint64_t(0);
+  Philox4 w{};
+  uint32_t operator()(const Op& op, int64_t i) {
+    if constexpr (!Op::kRandom) {
+      return 0;
+    } else {
+      if (philox_block_of(i) != block) {
+        block = philox_block_of(i);
+        w = philox4x32_10(block, op.stream, op.seed);
+      }
+      return w.w[philox_lane_of(i)];
+    }
+  }
+};
+
+// grad_x (where gx is not null) and eps's gradient (EpsReduction, or each element's share).
+template <typename scalar_t, typename Op>
+void eps_grad_loop(Op op, const EpsReduction& r, bool elementwise, const scalar_t* g, const scalar_t* x, scalar_t* gx,
+                   at::opmath_type<scalar_t>* ge, int64_t n) {
+  using T = at::opmath_type<scalar_t>;
+  op.init();
+  if (elementwise) {
+    at::parallel_for(0, n, kPiece, [&](int64_t begin, int64_t end) {
+      Words<Op> word;
+      for (int64_t i = begin; i < end; ++i) {
+        const EpsGrad<T> res = op(i, static_cast<T>(g[i]), static_cast<T>(x[i]), word(op, i));
+        if (gx != nullptr) gx[i] = static_cast<scalar_t>(res.gx);
+        ge[i] = res.ge;
+      }
+    });
+    return;
+  }
+  const int64_t pieces = r.pieces(), m = r.per_channel();
+  std::vector<T> partial(r.tasks());
+  at::parallel_for(0, r.tasks(), 4, [&](int64_t begin, int64_t end) {
+    T acc[kLanes];
+    Words<Op> word;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / pieces, start = (task % pieces) * kPiece, stop = std::min(m, start + kPiece);
+      std::fill(acc, acc + kLanes, T(0));
+      for (int64_t j = start; j < stop; ++j) {
+        const int64_t i = r.element(c, j);
+        const EpsGrad<T> res = op(i, static_cast<T>(g[i]), static_cast<T>(x[i]), word(op, i));
+        if (gx != nullptr) gx[i] = static_cast<scalar_t>(res.gx);
+        acc[(j - start) & (kLanes - 1)] += res.ge;
+      }
+      tree_sum(acc);
+      partial[task] = acc[0];
+    }
+  });
+  at::parallel_for(0, r.channels, std::max<int64_t>(1, kPiece / pieces), [&](int64_t begin, int64_t end) {
+    T acc[kLanes];
+    for (int64_t c = begin; c < end; ++c) {
+      std::fill(acc, acc + kLanes, T(0));
+      for (int64_t k = 0; k < pieces; ++k) acc[k & (kLanes - 1)] += partial[c * pieces + k];
+      tree_sum(acc);
+      ge[c] = acc[0];
+    }
+  });
+}
+
+// Mode with a compact noise no wider than half the smallest gap: the most likely level is the
+// hard stair's (the rule of the fast forward, cpu/all_thresholds.h's block_forward_kind).
+template <typename T> bool mode_is_hard(const AnaCall& c, const AnaParams<T>& p) {
+  const bool compact = c.noise.kind == NoiseKind::Uniform || c.noise.kind == NoiseKind::Triangular;
+  if (cpu_runs_functors() || c.strategy != Strategy::Mode || !compact) return false;
+  T min_gap = std::numeric_limits<T>::infinity();
+  for (int64_t t = 1; t < p.grid.K; ++t) min_gap = std::min(min_gap, p.grid.theta[t] - p.grid.theta[t - 1]);
+  return T(2) * p.sigma.value <= min_gap;
+}
+
+void ana(const AnaCall& c, const EpsReduction& r, bool elementwise, const at::Tensor& grad, const at::Tensor& x,
+         const at::Tensor& gx, const at::Tensor& ge) {
+  ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::_ana_backward_eps", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const AnaParams<T> p = c.forward<T>(), pb = c.backward<T>();
+    const bool hard = mode_is_hard(c, p);
+    dispatch_noise(c.noise.kind, [&](auto n) {
+      dispatch_strategy(c.strategy, [&](auto st) {
+        using Forward = AnaForward<decltype(n)::value, decltype(st)::value, T>;
+        eps_grad_loop<scalar_t>(AnaEpsGrad<decltype(n)::value, decltype(st)::value, T>{Forward{p, c.training}, pb,
+                                                                                      c.noise_b.kind, hard},
+                                r, elementwise, grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                gx.mutable_data_ptr<scalar_t>(), ge.mutable_data_ptr<T>(), x.numel());
+      });
+    });
+  });
+}
+
+void alpha_blend(const BlendCall& c, const EpsReduction& r, bool elementwise, const at::Tensor& grad,
+                 const at::Tensor& w, const at::Tensor& ge) {
+  ANACUDA_DISPATCH_FLOATING(w.scalar_type(), "anacuda::_alpha_blend_backward_eps", [&] {
+    using T = at::opmath_type<scalar_t>;
+    eps_grad_loop<scalar_t>(BlendEpsGrad<T>{c.params<T>()}, r, elementwise, grad.const_data_ptr<scalar_t>(),
+                            w.const_data_ptr<scalar_t>(), static_cast<scalar_t*>(nullptr), ge.mutable_data_ptr<T>(),
+                            w.numel());
+  });
+}
+
+}  // namespace
+
+const LearnedScaleKernels& cpu_learned_scale_kernels() {
+  static const LearnedScaleKernels k = {&ana, &alpha_blend};
+  return k;
+}
+
+}  // namespace anacuda
