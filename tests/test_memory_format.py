@@ -137,9 +137,10 @@ def test_other_layouts_give_contiguous_outputs():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape, memory_format", [((2, 5, 6, 7), torch.channels_last), ((2, 3, 4, 5, 3), torch.channels_last_3d),
-                                                  ((1, 5, 1, 1), torch.channels_last), ((3, 1, 4, 4), torch.channels_last)],
-                         ids=str)
+@pytest.mark.parametrize("shape, memory_format", [
+    ((2, 5, 6, 7), torch.channels_last), ((2, 3, 4, 5, 3), torch.channels_last_3d),
+    ((1, 5, 1, 1), torch.channels_last), ((3, 1, 4, 4), torch.channels_last),  # ambiguous: torch's rule
+], ids=str)
 def test_fakes_have_the_kernels_strides(device, shape, memory_format):
     """opcheck compares the fakes' strides with the kernels' (and the ambiguous size-1 cases of
     channels_last follow torch's own rule on both sides)."""

@@ -13,9 +13,10 @@ namespace anacuda {
 constexpr int kCodeMaxK = 15;
 constexpr uint8_t kNaNCode = 0xF0;
 
-// The code of a (NaN or not) whose boxes are [passed, reached).
-C10_HOST_DEVICE inline uint8_t box_code(bool nan, int passed, int reached) {
-  return nan ? kNaNCode : static_cast<uint8_t>(reached > passed ? passed << 4 | reached : 0);
+// The code of a (NaN or not) whose boxes are [passed, reached), as an int (in 32-bit lanes the
+// CPU's loops over blocks vectorise it; the callers store the byte).
+C10_HOST_DEVICE inline int box_code(bool nan, int passed, int reached) {
+  return nan ? int{kNaNCode} : (reached > passed ? passed << 4 | reached : 0);
 }
 
 // The codes box_code writes: 0 (no box), kNaNCode, or lo << 4 | hi with lo < hi <= K. Any other

@@ -91,10 +91,11 @@ template <typename T> struct UniformBoxCode {
     const T a = x / e - mu;
     int passed = 0, reached = 0;
     for (int t = 0; t < p.grid.K; ++t) {
-      passed += box_passed(a, p.grid.theta[t], sigma);
-      reached += box_reached(a, p.grid.theta[t], sigma);
+      const Box<T> box(p.grid.theta[t], sigma);
+      passed += box.passed(a);
+      reached += box.reached(a);
     }
-    return box_code(!ok || !valid_eps(e) || a != a, passed, reached);
+    return static_cast<uint8_t>(box_code(!ok || !valid_eps(e) || a != a, passed, reached));
   }
   C10_HOST_DEVICE inline uint8_t operator()(int64_t i, T x, uint32_t) const { return code(x, p.eps.at(i)); }
 };
@@ -108,7 +109,9 @@ template <typename T> struct UniformBoxCodeBackward {
   T sigma;
 
   C10_HOST_DEVICE inline void init() { sigma = sigma_arg.get(); }
-  C10_HOST_DEVICE inline T operator()(int64_t, T g, uint8_t code) const { return g * code_derivative(q, K, code, sigma); }
+  C10_HOST_DEVICE inline T operator()(int64_t, T g, uint8_t code) const {
+    return g * code_derivative(q, K, code, sigma);
+  }
 };
 
 // An output and its code, from one read of x.

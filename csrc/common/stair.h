@@ -43,6 +43,9 @@ template <typename T> struct Grid {
   }
 };
 
+// The step of the stair at threshold t: q_{t+1} - q_t.
+template <typename T> C10_HOST_DEVICE inline T level_step(const T* q, int64_t t) { return q[t + 1] - q[t]; }
+
 // Thresholds [lo, hi) that the noise can reach from a (|a - theta| <= R), widened by one on
 // each side: the formulas then decide the edge cases in exact comparisons, not the rounding of
 // a -+ R. Thresholds below lo are fully on, from hi on fully off.
@@ -69,7 +72,7 @@ C10_HOST_DEVICE inline T smooth_stair(const Grid<T>& g, T a, T sigma) {
   int64_t lo, hi;
   window(g, a, R, lo, hi);
   T y = g.q[lo];
-  for (int64_t t = lo; t < hi; ++t) y += (g.q[t + 1] - g.q[t]) * L::cdf(z(a - g.theta[t]));
+  for (int64_t t = lo; t < hi; ++t) y += level_step(g.q, t) * L::cdf(z(a - g.theta[t]));
   return y;
 }
 
@@ -118,20 +121,22 @@ C10_HOST_DEVICE inline T random_stair(const Grid<T>& g, T a, T sigma, T r) {
   return g.q[g.count_le(noisy(a, sigma, Noise<N, T>::quantile(r)))];
 }
 
-// The boxes of a uniform noise of half-width sigma: box t holds a iff theta_t - sigma <= a <
-// theta_t + sigma, half-open so that neighbouring boxes whose edges coincide tile exactly (the
-// edges are compared, not a - theta, which would round differently on either side). As the
-// thresholds increase, the boxes a has reached and the boxes it has passed are each a prefix
-// [0, n): the boxes holding a are [passed, reached).
-template <typename T> C10_HOST_DEVICE inline bool box_reached(T a, T theta, T sigma) { return a >= theta - sigma; }
-template <typename T> C10_HOST_DEVICE inline bool box_passed(T a, T theta, T sigma) { return a >= theta + sigma; }
-template <typename T> C10_HOST_DEVICE inline bool in_box(T a, T theta, T sigma) {
-  return box_reached(a, theta, sigma) && !box_passed(a, theta, sigma);
-}
+// The box of a uniform noise of half-width sigma around a threshold: it holds a iff
+// theta - sigma <= a < theta + sigma, half-open so that neighbouring boxes whose edges coincide
+// tile exactly (the edges are compared, not a - theta, which would round differently on either
+// side). As the thresholds increase, the boxes a has reached and the boxes it has passed are
+// each a prefix [0, n): the boxes holding a are [passed, reached).
+template <typename T> struct Box {
+  T lower, upper;
+  C10_HOST_DEVICE inline Box(T theta, T sigma) : lower(theta - sigma), upper(theta + sigma) {}
+  C10_HOST_DEVICE inline bool reached(T a) const { return a >= lower; }
+  C10_HOST_DEVICE inline bool passed(T a) const { return a >= upper; }
+  C10_HOST_DEVICE inline bool holds(T a) const { return a >= lower && a < upper; }
+};
 
 // Box t's term of the uniform noise's stair derivative (before the division by sigma): its
 // step times the density 1/2.
-template <typename T> C10_HOST_DEVICE inline T box_term(const T* q, int64_t t) { return (q[t + 1] - q[t]) * T(0.5); }
+template <typename T> C10_HOST_DEVICE inline T box_term(const T* q, int64_t t) { return level_step(q, t) * T(0.5); }
 
 // The sum of the terms of the boxes [lo, hi), in threshold order.
 template <typename T> C10_HOST_DEVICE inline T box_sum(const T* q, int64_t lo, int64_t hi) {
@@ -154,13 +159,14 @@ C10_HOST_DEVICE inline T stair_derivative(const Grid<T>& g, T a, T sigma) {
   if constexpr (N == NoiseKind::Uniform) {
     int64_t passed = lo, reached = lo;
     for (int64_t t = lo; t < hi; ++t) {
-      passed += box_passed(a, g.theta[t], sigma);
-      reached += box_reached(a, g.theta[t], sigma);
+      const Box<T> box(g.theta[t], sigma);
+      passed += box.passed(a);
+      reached += box.reached(a);
     }
     return z(box_sum(g.q, passed, reached));
   } else {
     T d = T(0);
-    for (int64_t t = lo; t < hi; ++t) d += (g.q[t + 1] - g.q[t]) * L::pdf(z(a - g.theta[t]));
+    for (int64_t t = lo; t < hi; ++t) d += level_step(g.q, t) * L::pdf(z(a - g.theta[t]));
     return z(d);
   }
 }

@@ -35,14 +35,15 @@ template <typename T> bool make_threshold_table(const Grid<T>& g, ThresholdTable
   s.min_gap = std::numeric_limits<T>::infinity();
   for (int t = 0; t < s.K; ++t) {
     s.theta[t] = g.theta[t];
-    s.dq[t] = g.q[t + 1] - g.q[t];
+    s.dq[t] = level_step(g.q, t);
     if (t > 0) s.min_gap = std::min(s.min_gap, g.theta[t] - g.theta[t - 1]);
   }
   for (int t = 0; t <= s.K; ++t) s.q[t] = g.q[t];
   return true;
 }
 
-// eps over a block: one value for all its elements, or each element's own.
+// eps over a block: one value for all its elements, or each element's own. Passed by value: a
+// reference could alias the outputs, which would keep the loops from vectorising.
 template <typename T> struct OneEps {
   T e;
   T operator[](int64_t) const { return e; }
@@ -52,27 +53,27 @@ template <typename T> struct EachEps {
   T operator[](int64_t j) const { return e[j]; }
 };
 
-// Calls f(i, m, e) over blocks [i, i + m) of [begin, end), m <= B, e their eps (OneEps or EachEps).
+// Calls f(i, m, e) over blocks [i, i + m) of [begin, end), m <= B, e their eps (OneEps or EachEps;
+// one call of f for each, so that it inlines).
 template <int64_t B, typename T, typename F>
 void for_each_eps_block(const EpsLayout<T>& eps, int64_t begin, int64_t end, F&& f) {
-  if (eps.ptr == nullptr || eps.channels == 1) {
-    const OneEps<T> e{eps.at(0)};
-    for (int64_t i = begin; i < end; i += B) f(i, std::min(B, end - i), e);
-    return;
-  }
-  if (eps.inner >= kMinRun) {
+  const bool one = eps.ptr == nullptr || eps.channels == 1;
+  if (one || eps.inner >= kMinRun) {  // runs of one eps (the whole range when eps is one value)
     for (int64_t i = begin; i < end;) {
-      const int64_t run = i / eps.inner;
-      const int64_t stop = std::min(end, (run + 1) * eps.inner);
-      const OneEps<T> e{eps.ptr[run % eps.channels]};
-      for (; i < stop; i += std::min(B, stop - i)) f(i, std::min(B, stop - i), e);
+      const int64_t run = one ? 0 : i / eps.inner;
+      const int64_t stop = one ? end : std::min(end, (run + 1) * eps.inner);
+      const OneEps<T> e{one ? eps.at(0) : eps.ptr[run % eps.channels]};
+      for (int64_t m; i < stop; i += m) {
+        m = std::min(B, stop - i);
+        f(i, m, e);
+      }
     }
     return;
   }
   T ev[B];
   int64_t k = begin % eps.inner, c = (begin / eps.inner) % eps.channels;  // element begin: channel c, k-th in its run
-  for (int64_t i = begin; i < end; i += B) {
-    const int64_t m = std::min(B, end - i);
+  for (int64_t i = begin, m; i < end; i += m) {
+    m = std::min(B, end - i);
     for (int64_t j = 0; j < m; ++j) {
       ev[j] = eps.ptr[c];
       if (++k == eps.inner) {
@@ -86,7 +87,8 @@ void for_each_eps_block(const EpsLayout<T>& eps, int64_t begin, int64_t end, F&&
 
 // a[j] = x[j] / e - mu for a block. A power of two e (eps = 1 above all) multiplies by its
 // reciprocal instead: the same correctly rounded quotient, without a division per element.
-template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, int64_t n, const OneEps<T>& eps, T mu, T* a) {
+template <typename scalar_t, typename T>
+inline void shifted(const scalar_t* x, int64_t n, OneEps<T> eps, T mu, T* a) {
   const T e = eps.e;
   int exponent = 0;
   if (std::frexp(e, &exponent) == T(0.5) && std::isfinite(T(1) / e)) {
@@ -96,7 +98,8 @@ template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, 
     for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e - mu;
   }
 }
-template <typename scalar_t, typename T> inline void shifted(const scalar_t* x, int64_t n, const EachEps<T>& e, T mu, T* a) {
+template <typename scalar_t, typename T>
+inline void shifted(const scalar_t* x, int64_t n, EachEps<T> e, T mu, T* a) {
   for (int64_t j = 0; j < n; ++j) a[j] = static_cast<T>(x[j]) / e[j] - mu;
 }
 
@@ -112,7 +115,7 @@ template <typename T> inline void level_values(const ThresholdTable<T>& s, const
 
 // y[j] = e * Q(a[j]) (NaN stays NaN).
 template <typename scalar_t, typename T, typename E>
-inline void hard_block(const ThresholdTable<T>& s, const T* a, int64_t n, const E& e, scalar_t* y) {
+inline void hard_block(const ThresholdTable<T>& s, const T* a, int64_t n, E e, scalar_t* y) {
   T v[kBlock];
   level_values(s, a, n, v);
   for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
@@ -126,7 +129,8 @@ template <typename T> inline void uniform_block(int64_t begin, int64_t m, uint64
   const int nb = static_cast<int>(philox_block_of(begin + m - 1) - b0 + 1);
   uint32_t c0[kMaxBlocks], c1[kMaxBlocks], c2[kMaxBlocks], c3[kMaxBlocks], w[4 * kMaxBlocks];
   uint32_t k0 = 0, k1 = 0;
-  for (int j = 0; j < nb; ++j) philox_start(b0 + static_cast<uint64_t>(j), stream, seed, c0[j], c1[j], c2[j], c3[j], k0, k1);
+  for (int j = 0; j < nb; ++j)
+    philox_start(b0 + static_cast<uint64_t>(j), stream, seed, c0[j], c1[j], c2[j], c3[j], k0, k1);
   for (int round = 0; round < kPhiloxRounds; ++round) {
     for (int j = 0; j < nb; ++j) philox_round(c0[j], c1[j], c2[j], c3[j], k0, k1);
     philox_next_key(k0, k1);
@@ -142,7 +146,8 @@ template <typename T> inline void uniform_block(int64_t begin, int64_t m, uint64
 }
 
 // nu[j] = the standardised noise of element begin + j: the quantile of its uniform number.
-template <NoiseKind N, typename T> inline void noise_block(int64_t begin, int64_t m, uint64_t seed, uint64_t stream, T* nu) {
+template <NoiseKind N, typename T>
+inline void noise_block(int64_t begin, int64_t m, uint64_t seed, uint64_t stream, T* nu) {
   uniform_block(begin, m, seed, stream, nu);
   if constexpr (N == NoiseKind::Logistic) {
     map_vec(nu, m, [](const auto& r) { return Noise<N, T>::quantile(r); });
@@ -157,10 +162,10 @@ template <typename T> inline void code_block(const ThresholdTable<T>& s, const T
   int32_t passed[kBlock], reached[kBlock];
   for (int64_t j = 0; j < m; ++j) passed[j] = reached[j] = 0;
   for (int t = 0; t < s.K; ++t) {
-    const T th = s.theta[t];
+    const Box<T> box(s.theta[t], sigma);
     for (int64_t j = 0; j < m; ++j) {
-      passed[j] += box_passed(a[j], th, sigma);
-      reached[j] += box_reached(a[j], th, sigma);
+      passed[j] += box.passed(a[j]);
+      reached[j] += box.reached(a[j]);
     }
   }
   for (int64_t j = 0; j < m; ++j) passed[j] = box_code(a[j] != a[j], passed[j], reached[j]);
@@ -173,7 +178,7 @@ void block_code(const ThresholdTable<T>& s, const scalar_t* x, uint8_t* code, in
                 T mu, T sigma) {
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock];
-    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
       shifted(x + i, m, e, mu, a);
       code_block(s, a, m, sigma, code + i);
     });
@@ -222,7 +227,7 @@ void block_forward(const ThresholdTable<T>& s, BlockForward kind, const scalar_t
   const Standardize<T> z(sigma);
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], acc[kBlock], nu[kBlock], f[kBlock];
-    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
       shifted(x + i, m, e, mu, a);
       if (code.ptr != nullptr) {  // from the noise-free a, as _ana_code computes it
         if (code.mu == mu) {
@@ -240,13 +245,13 @@ void block_forward(const ThresholdTable<T>& s, BlockForward kind, const scalar_t
         hard_block(s, a, m, e, y + i);
         return;
       }
-      for (int64_t j = 0; j < m; ++j) acc[j] = s.q[0];
+      for (int64_t j = 0; j < m; ++j) acc[j] = a[j] != a[j] ? a[j] : s.q[0];  // NaN stays NaN
       for (int t = 0; t < s.K; ++t) {
         noise_values<N, false>(a, m, s.theta[t], z, f);
         const T d = s.dq[t];
         for (int64_t j = 0; j < m; ++j) acc[j] += d * f[j];
       }
-      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * acc[j]);
+      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(e[j] * acc[j]);
     });
   });
 }
@@ -259,22 +264,22 @@ void block_backward(const ThresholdTable<T>& s, const scalar_t* g, const scalar_
   const Standardize<T> z(sigma);
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], d[kBlock], f[kBlock];
-    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
       shifted(x + i, m, e, mu, a);
-      for (int64_t j = 0; j < m; ++j) d[j] = T(0);
+      for (int64_t j = 0; j < m; ++j) d[j] = a[j] != a[j] ? a[j] : T(0);  // NaN stays NaN
       for (int t = 0; t < s.K; ++t) {
         const T th = s.theta[t];
         if constexpr (N == NoiseKind::Uniform) {
+          const Box<T> box(th, sigma);
           const T h = box_term(s.q, t);
-          for (int64_t j = 0; j < m; ++j) d[j] += in_box(a[j], th, sigma) ? h : T(0);
+          for (int64_t j = 0; j < m; ++j) d[j] += box.holds(a[j]) ? h : T(0);
         } else {
           noise_values<N, true>(a, m, th, z, f);
           const T w = s.dq[t];
           for (int64_t j = 0; j < m; ++j) d[j] += w * f[j];
         }
       }
-      for (int64_t j = 0; j < m; ++j)
-        gx[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : static_cast<T>(g[i + j]) * z(d[j]));
+      for (int64_t j = 0; j < m; ++j) gx[i + j] = static_cast<scalar_t>(static_cast<T>(g[i + j]) * z(d[j]));
     });
   });
 }
@@ -304,11 +309,13 @@ void block_alpha_blend(const ThresholdTable<T>& s, const scalar_t* w, scalar_t* 
                        T alpha) {
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], v[kBlock];
-    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
       shifted(w + i, m, e, T(0), a);
       level_values(s, a, m, v);
-      for (int64_t j = 0; j < m; ++j)
-        y[i + j] = static_cast<scalar_t>(blend(static_cast<T>(w[i + j]), e[j], a[j] != a[j] ? a[j] : v[j], alpha));
+      for (int64_t j = 0; j < m; ++j) {
+        const T q = blend(static_cast<T>(w[i + j]), e[j], v[j], alpha);
+        y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : q);
+      }
     });
   });
 }

@@ -12,8 +12,6 @@
 
 #include "isa_headers.h"
 
-#include <ATen/cpu/vec/vec.h>
-
 #include "all_thresholds.h"
 #include "loops.h"
 #include "smooth_window.h"
@@ -134,8 +132,8 @@ bool ana_coded(const AnaCall& c, const at::Tensor& x, const at::Tensor& y, const
       dispatch_noise(c.noise.kind, [&](auto n) {
         dispatch_strategy(c.strategy, [&](auto st) {
           using Forward = AnaForward<decltype(n)::value, decltype(st)::value, T>;
-          unary_loop(xp, OutputAndCode<scalar_t>{yp, cp}, x.numel(),
-                     AnaCoded<decltype(n)::value, decltype(st)::value, T>{Forward{p, c.training}, UniformBoxCode<T>{pb}});
+          using Coded = AnaCoded<decltype(n)::value, decltype(st)::value, T>;
+          unary_loop(xp, OutputAndCode<scalar_t>{yp, cp}, x.numel(), Coded{Forward{p, c.training}, UniformBoxCode<T>{pb}});
         });
       });
       done = true;

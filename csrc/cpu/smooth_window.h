@@ -27,7 +27,7 @@ void smooth_window(const Grid<T>& grid_, const scalar_t* x, const scalar_t* grad
     T a[kWindowBlock];
     int64_t lo[kWindowBlock], hi[kWindowBlock];
     std::vector<T> v;
-    for_each_eps_block<kWindowBlock>(eps, begin, end, [&](int64_t i, int64_t m, const auto& e) {
+    for_each_eps_block<kWindowBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
       shifted(x + i, m, e, mu, a);
       int64_t total = 0;
       for (int64_t j = 0; j < m; ++j) {
@@ -44,7 +44,7 @@ void smooth_window(const Grid<T>& grid_, const scalar_t* x, const scalar_t* grad
       k = 0;
       for (int64_t j = 0; j < m; ++j) {
         T acc = backward ? T(0) : g.q[lo[j]];
-        for (int64_t t = lo[j]; t < hi[j]; ++t) acc += (g.q[t + 1] - g.q[t]) * v[k++];
+        for (int64_t t = lo[j]; t < hi[j]; ++t) acc += level_step(g.q, t) * v[k++];
         T r;
         if (a[j] != a[j]) r = a[j];
         else if (backward) r = static_cast<T>(grad[i + j]) * z(acc);

@@ -72,7 +72,8 @@ template <typename scalar_t, typename Out, typename Op>
 void launch_unary(const at::Tensor& x_, const Out& out, const Op& op) {
   const at::Tensor x = aligned(x_);
   unary_kernel<scalar_t, Out, Op><<<blocks_for(x.numel(), Packs<scalar_t>::kPack), kThreads, 0,
-                                    at::cuda::getCurrentCUDAStream()>>>(x.const_data_ptr<scalar_t>(), out, x.numel(), op);
+                                    at::cuda::getCurrentCUDAStream()>>>(x.const_data_ptr<scalar_t>(), out,
+                                                                        x.numel(), op);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -16,7 +16,7 @@ at::Tensor alpha_blend(const at::Tensor& w, const at::Tensor& levels, const at::
   BlendCall call;
   call.grid = grid_arg(levels, thresholds, uniform_grid, w);
   call.eps = eps_arg(eps, w, order);
-  call.alpha = scalar_arg(alpha, w, "alpha", Range::Unit);
+  call.alpha = scalar_arg(alpha, w, "alpha", Range::ZeroToOne);
   const c10::OptionalDeviceGuard guard(w.device());
   at::Tensor y = order.empty(w, w.scalar_type());
   if (w.numel() > 0) kernels_for(w.device()).alpha_blend(call, order.contiguous(w), order.view(y));

@@ -118,7 +118,7 @@ at::Tensor alpha_blend_dynamic(const at::Tensor& w, const at::Tensor& levels, co
   const MemoryOrder order = memory_order(w);
   BlendCall call;
   call.grid = grid_arg(levels, thresholds, uniform_grid, w);
-  call.alpha = scalar_arg(alpha, w, "alpha", Range::Unit);
+  call.alpha = scalar_arg(alpha, w, "alpha", Range::ZeroToOne);
   const c10::OptionalDeviceGuard guard(w.device());
   const at::Tensor eps = dynamic_eps(w, rule, reach, r_min);
   call.eps = eps_arg(eps, w, order, /*check_values=*/false);

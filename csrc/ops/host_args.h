@@ -58,13 +58,14 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& x) {
 
 inline bool on_host_or(const at::Tensor& t, const at::Device& d) { return t.device().is_cpu() || t.device() == d; }
 
-enum class Range { Any, NonNegative, Unit };
+enum class Range { Any, NonNegative, ZeroToOne };
 
 // A scalar hyper-parameter for an input x: one element, floating, on the host (then finite, in
 // its range and finite in x's compute type) or on x's device.
 inline ScalarArg scalar_arg(const at::Tensor& t, const at::Tensor& x, const char* name, Range range) {
   TORCH_CHECK(t.numel() == 1, "anacuda: ", name, " must be a number or a one-element tensor, got shape ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "anacuda: ", name, " must be a floating tensor, got ", t.scalar_type());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "anacuda: ", name, " must be a floating tensor, got ",
+              t.scalar_type());
   TORCH_CHECK(on_host_or(t, x.device()), "anacuda: ", name, " is on ", t.device(), " but the input is on ", x.device());
   const at::ScalarType ct = compute_type(x.scalar_type());
   ScalarArg s;
@@ -74,8 +75,9 @@ inline ScalarArg scalar_arg(const at::Tensor& t, const at::Tensor& x, const char
   }
   const double v = t.item<double>();  // host memory: no synchronisation
   TORCH_CHECK(std::isfinite(v), "anacuda: ", name, " must be finite, got ", v);
-  TORCH_CHECK(range == Range::Any || v >= 0, "anacuda: ", name, range == Range::Unit ? " must be in [0, 1]" : " must be >= 0", ", got ", v);
-  TORCH_CHECK(range != Range::Unit || v <= 1, "anacuda: ", name, " must be in [0, 1], got ", v);
+  TORCH_CHECK(range == Range::Any || v >= 0, "anacuda: ", name,
+              range == Range::ZeroToOne ? " must be in [0, 1]" : " must be >= 0", ", got ", v);
+  TORCH_CHECK(range != Range::ZeroToOne || v <= 1, "anacuda: ", name, " must be in [0, 1], got ", v);
   TORCH_CHECK(ct == at::kDouble || std::isfinite(static_cast<float>(v)), "anacuda: ", name, " = ", v, " overflows ", ct,
               ", the compute type of this input");
   s.value = v;
@@ -113,7 +115,8 @@ inline GridArg grid_arg(const at::Tensor& levels, const at::Tensor& thresholds, 
 // scale, SPEC §9), NaN where its group holds a NaN or ±inf, read by the kernels as a device
 // eps is (an invalid value gives NaN).
 inline EpsArg eps_arg(const at::Tensor& eps, const at::Tensor& x, const MemoryOrder& order, bool check_values = true) {
-  TORCH_CHECK(eps.defined() && at::isFloatingType(eps.scalar_type()), "anacuda: eps must be a number or a floating tensor");
+  TORCH_CHECK(eps.defined() && at::isFloatingType(eps.scalar_type()),
+              "anacuda: eps must be a number or a floating tensor");
   TORCH_CHECK(on_host_or(eps, x.device()), "anacuda: eps is on ", eps.device(), " but the input is on ", x.device());
   const int64_t xd = x.dim(), ed = eps.dim();
   bool broadcastable = ed <= xd;
@@ -183,7 +186,8 @@ inline SeedArg seed_arg(const std::optional<at::Tensor>& seed, const at::Tensor&
               "anacuda: the random strategy needs a seed tensor (anacuda.functional.ana draws one)");
   TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 2,
               "anacuda: seed must be an int64 tensor of 2 elements (seed, stream)");
-  TORCH_CHECK(on_host_or(*seed, x.device()), "anacuda: seed is on ", seed->device(), " but the input is on ", x.device());
+  TORCH_CHECK(on_host_or(*seed, x.device()), "anacuda: seed is on ", seed->device(), " but the input is on ",
+              x.device());
   SeedArg s;
   const at::Tensor c = seed->contiguous();
   if (c.device().is_cpu()) {

@@ -86,7 +86,7 @@ at::Tensor alpha_blend_backward_eps(const at::Tensor& grad, const at::Tensor& w,
   BlendCall call;
   call.grid = grid_arg(levels, thresholds, uniform_grid, w);
   call.eps = eps_arg(eps, w, order);
-  call.alpha = scalar_arg(alpha, w, "alpha", Range::Unit);
+  call.alpha = scalar_arg(alpha, w, "alpha", Range::ZeroToOne);
   check_learned_eps(eps, w);
   const c10::OptionalDeviceGuard guard(w.device());
   if (w.numel() == 0) return at::zeros_like(eps, at::MemoryFormat::Contiguous);
