@@ -19,6 +19,7 @@ enum class ScaleGroup : int { Token = 0, Tensor = 1, Channel = 2 };
 // NaN; sums run in double, whatever the input's dtype.
 template <typename T, bool kMean> struct AbsReduce {
   using acc_t = std::conditional_t<kMean, double, T>;
+  static constexpr bool kMax = !kMean;
   static C10_HOST_DEVICE inline acc_t identity() { return acc_t(0); }
   static C10_HOST_DEVICE inline acc_t element(T x) { return static_cast<acc_t>(x < T(0) ? -x : x); }  // NaN stays
   static C10_HOST_DEVICE inline acc_t combine(acc_t a, acc_t b) {

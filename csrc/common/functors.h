@@ -67,10 +67,8 @@ template <typename T> struct IdentityBackward {
 
   C10_HOST_DEVICE inline void init() {}
   C10_HOST_DEVICE inline T operator()(int64_t i, T g, T x) const {
-    const T e = eps.at(i);
-    if (!valid_eps(e)) return quiet_nan<T>();
-    const T u = x / e;
-    return u != u ? u : g;
+    // x / eps is NaN exactly where x is, for a valid eps: no division needed.
+    return valid_eps(eps.at(i)) ? (x != x ? x : g) : quiet_nan<T>();
   }
 };
 

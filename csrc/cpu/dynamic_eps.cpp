@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/dispatch.h"
@@ -19,6 +21,21 @@ constexpr int kLanes = 8;
 
 template <typename scalar_t, typename R> typename R::acc_t chunk_partial(const scalar_t* x, int64_t n) {
   using T = at::opmath_type<scalar_t>;
+  if constexpr (R::kMax) {  // the max: NaN noted apart, so that the loop vectorises
+    T lane[kLanes] = {};
+    int nan = 0;
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) {
+        const T a = R::element(static_cast<T>(x[i + j]));
+        nan |= a != a;
+        lane[j] = a > lane[j] ? a : lane[j];
+      }
+    for (int j = 0; i < n; ++i, ++j) lane[j] = R::combine(lane[j], R::element(static_cast<T>(x[i])));
+    T r = nan ? std::numeric_limits<T>::quiet_NaN() : lane[0];
+    for (int j = 1; j < kLanes; ++j) r = R::combine(r, lane[j]);
+    return r;
+  }
   typename R::acc_t lane[kLanes];
   for (int j = 0; j < kLanes; ++j) lane[j] = R::identity();
   int64_t i = 0;
