@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import functional as F
 from ..quantizer import Noise, Param, Quantizer, as_param, check_noise_name, check_strategy
+from .learned_scale import effective_eps, lsq_init
 
 
 def _buffer(value: Param, name: str, minimum: str) -> torch.Tensor:
@@ -60,13 +61,47 @@ class ANAActivation(NoiseHyperParams):
                  mu: Param = 0.0, sigma: Param = 0.5, eps: Param = 1.0, backward_noise=None):
         super().__init__()
         self._setup_noise(quantizer, noise, strategy, mu, sigma, backward_noise)
+        self.eps_mode = None
+        if isinstance(eps, str):
+            # A learned eps (SPEC §8, anacuda/nn/learned_scale.py): one value, LSQ's initialisation
+            # from the first training batch (or init_scale(x); do it before torch.compile, whose
+            # guard on the pending flag would otherwise recompile once), LSQ's gradient scale.
+            if eps != "learned":
+                raise ValueError(f"anacuda.nn: activation eps must be a number, a tensor or 'learned', got {eps!r}")
+            self.eps_mode, self.eps_grad_scale, self.eps_pending = "learned", True, True
+            self.eps = nn.Parameter(torch.ones((), dtype=torch.float32))
+            return
         eps_t = as_param(eps, "eps", "positive", scalar=False, stored=True)
         self.register_buffer("eps", eps_t.detach().to(torch.float32).clone())
 
+    @torch.no_grad()
+    def init_scale(self, x: torch.Tensor):
+        """A learned eps: LSQ's initialisation 2 mean|x| / sqrt(q_K) from the batch x."""
+        if self.eps_mode != "learned":
+            raise ValueError("anacuda.nn: init_scale needs activation eps 'learned'")
+        self.eps.copy_(lsq_init(x, self.quantizer, per_channel=False))
+        self.eps_pending = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.eps_mode == "learned" and prefix + "eps" in state_dict:
+            self.eps_pending = False  # a loaded scale is not re-initialised by the next batch
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def activation_eps(self, x: torch.Tensor) -> torch.Tensor:
+        """The eps this forward uses (for a learned one: floored, with LSQ's gradient scale)."""
+        if self.eps_mode != "learned":
+            return self.eps
+        if self.eps_pending and self.training:
+            self.init_scale(x)
+        return effective_eps(self.eps, x.numel(), self.quantizer, self.eps_grad_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.eps,
-                     self._backward_noise())
+        return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training,
+                     self.activation_eps(x), self._backward_noise())
 
     def extra_repr(self) -> str:
-        eps = f"{self.eps.item():.4g}" if self.eps.numel() == 1 else f"tensor{tuple(self.eps.shape)}"
+        if self.eps_mode == "learned":
+            eps = "learned"
+        else:
+            eps = f"{self.eps.item():.4g}" if self.eps.numel() == 1 else f"tensor{tuple(self.eps.shape)}"
         return f"{self._noise_repr()}, eps={eps}"

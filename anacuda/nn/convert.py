@@ -30,6 +30,8 @@ def _weight_layer(m: nn.Module, cls, **quant):
         new.weight.copy_(m.weight)
         if m.bias is not None:
             new.bias.copy_(m.bias)
+    if getattr(new, "eps_mode", None) == "learned":
+        new.init_scale()  # LSQ's initialisation from the copied weight
     new.train(m.training)
     return new.to(m.weight.device)
 

@@ -7,7 +7,10 @@ arguments plus the quantisation keywords; the forward is torch.nn's with the qua
 
 Weight scale `eps`: a number or tensor (fixed, a buffer), or "max_abs" (per tensor) /
 "max_abs_per_channel" (per output channel), recomputed from the weight on every forward
-(anacuda.scale.max_abs, no gradient through it).
+(anacuda.scale.max_abs, no gradient through it), or "learned": an nn.Parameter per output
+channel, initialised as LSQ does (2 mean|w| / sqrt(q_K); `init_scale()` redoes it from the
+current weight), trained with LSQ's gradient scale 1 / sqrt(N q_K) (`layer.eps_grad_scale =
+False` turns it off) and kept positive by a floor (anacuda/nn/learned_scale.py says why).
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from .. import functional as F
 from .. import scale
 from ..quantizer import Param, Quantizer, as_param
 from .activation import NoiseHyperParams
+from .learned_scale import effective_eps, lsq_init
 
-_EPS_MODES = ("max_abs", "max_abs_per_channel")
+_EPS_MODES = ("max_abs", "max_abs_per_channel", "learned")
 
 
 class _WeightScale:
@@ -33,7 +37,11 @@ class _WeightScale:
             if eps not in _EPS_MODES:
                 raise ValueError(f"anacuda.nn: weight eps must be a number, a tensor or one of {_EPS_MODES}, got {eps!r}")
             self.eps_mode = eps
-            self.register_buffer("eps", None)
+            if eps == "learned":  # SPEC §8: one value per output channel
+                self.eps_grad_scale = True
+                self.eps = nn.Parameter(lsq_init(self.weight, self.quantizer, per_channel=True))
+            else:
+                self.register_buffer("eps", None)
         else:
             self.eps_mode = None
             self.register_buffer("eps", as_param(eps, "eps", "positive", scalar=False, stored=True).detach().float().clone())
@@ -41,7 +49,16 @@ class _WeightScale:
     def weight_eps(self) -> torch.Tensor:
         if self.eps_mode is None:
             return self.eps
+        if self.eps_mode == "learned":
+            return effective_eps(self.eps, self.weight[0].numel(), self.quantizer, self.eps_grad_scale)
         return scale.max_abs(self.weight, self.quantizer, dim=0 if self.eps_mode == "max_abs_per_channel" else None)
+
+    @torch.no_grad()
+    def init_scale(self):
+        """A learned eps: LSQ's initialisation from the current weight."""
+        if self.eps_mode != "learned":
+            raise ValueError(f"anacuda.nn: init_scale needs weight eps 'learned', got {self.eps_mode or 'a fixed eps'}")
+        self.eps.copy_(lsq_init(self.weight, self.quantizer, per_channel=True))
 
     def _eps_repr(self) -> str:
         if self.eps_mode is not None:
