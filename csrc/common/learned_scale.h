@@ -8,6 +8,7 @@
 // index, so it is the forward's sample). At +-inf, g'_b = 0 and the term is the saturated level.
 #pragma once
 
+#include "elementwise.h"
 #include "functors.h"
 
 namespace anacuda {
@@ -34,6 +35,9 @@ template <NoiseKind N, Strategy S, typename T> struct AnaEpsGrad {
   AnaForward<N, S, T> forward;
   AnaParams<T> pb;  // the backward noise's mu and sigma (grid and eps: the forward's)
   NoiseKind noise_b;
+  // Set by a caller that knows the forward's most likely level is the hard stair's (mode with a
+  // compact noise no wider than half the smallest gap, as the CPU's fast forward decides).
+  bool hard = false;
   T mu_b, sigma_b;
   bool ok_b;
   uint64_t seed, stream;
@@ -50,7 +54,8 @@ template <NoiseKind N, Strategy S, typename T> struct AnaEpsGrad {
     const T e = forward.p.eps.at(i);
     if (!forward.ok || !ok_b || !valid_eps(e)) return {quiet_nan<T>(), quiet_nan<T>()};
     const T u = x / e;
-    const T level = ana_element<N, S>(forward.p.grid, u, forward.mu, forward.sigma, forward.smooth, word);
+    const T level = hard ? hard_stair(forward.p.grid, u - forward.mu)
+                         : ana_element<N, S>(forward.p.grid, u, forward.mu, forward.sigma, forward.smooth, word);
     const T d = stair_derivative_of(noise_b, forward.p.grid, u - mu_b, sigma_b);
     const T inf = std::numeric_limits<T>::infinity();
     const T term = (u == inf || u == -inf) ? level : level - u * d;  // never inf * 0
@@ -89,6 +94,7 @@ template <typename T> struct BlendEpsGrad {
 constexpr int kLanes = 256;
 constexpr int kPerLane = 16;
 constexpr int64_t kPiece = static_cast<int64_t>(kLanes) * kPerLane;
+static_assert((kLanes & (kLanes - 1)) == 0, "the lanes' tree halves them");
 
 struct EpsReduction {
   int64_t outer = 1, channels = 1, inner = 1;

@@ -1,16 +1,19 @@
 // The CPU kernels of a learned scale (SPEC §8): the functors of common/learned_scale.h in the
 // loop structure of the CUDA kernels (cuda/learned_scale.cu), task by task, lane by lane, so that
 // the sums have the GPU's order and the same bits whatever the number of threads. Compiled once,
-// for the baseline instruction set: one path for both CPU paths.
+// for the baseline instruction set. The fast path differs from the functors (the GPU's code) in
+// one place: a mode forward that is the hard stair (all_thresholds.h's rule) is computed as one.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "../common/dispatch.h"
 #include "../common/learned_scale.h"
 #include "../ops/learned_scale_kernels.h"
+#include "kernel_table.h"
 
 namespace anacuda {
 namespace {
@@ -61,7 +64,7 @@ void eps_grad_loop(Op op, const EpsReduction& r, bool elementwise, const scalar_
         const int64_t i = r.element(c, j);
         const EpsGrad<T> res = op(i, static_cast<T>(g[i]), static_cast<T>(x[i]), word(op, i));
         if (gx != nullptr) gx[i] = static_cast<scalar_t>(res.gx);
-        acc[(j - start) % kLanes] += res.ge;
+        acc[(j - start) & (kLanes - 1)] += res.ge;
       }
       tree_sum(acc);
       partial[task] = acc[0];
@@ -71,11 +74,21 @@ void eps_grad_loop(Op op, const EpsReduction& r, bool elementwise, const scalar_
     T acc[kLanes];
     for (int64_t c = begin; c < end; ++c) {
       std::fill(acc, acc + kLanes, T(0));
-      for (int64_t k = 0; k < pieces; ++k) acc[k % kLanes] += partial[c * pieces + k];
+      for (int64_t k = 0; k < pieces; ++k) acc[k & (kLanes - 1)] += partial[c * pieces + k];
       tree_sum(acc);
       ge[c] = acc[0];
     }
   });
+}
+
+// Mode with a compact noise no wider than half the smallest gap: the most likely level is the
+// hard stair's (the rule of the fast forward, cpu/all_thresholds.h's block_forward_kind).
+template <typename T> bool mode_is_hard(const AnaCall& c, const AnaParams<T>& p) {
+  const bool compact = c.noise.kind == NoiseKind::Uniform || c.noise.kind == NoiseKind::Triangular;
+  if (cpu_runs_functors() || c.strategy != Strategy::Mode || !compact) return false;
+  T min_gap = std::numeric_limits<T>::infinity();
+  for (int64_t t = 1; t < p.grid.K; ++t) min_gap = std::min(min_gap, p.grid.theta[t] - p.grid.theta[t - 1]);
+  return T(2) * p.sigma.value <= min_gap;
 }
 
 void ana(const AnaCall& c, const EpsReduction& r, bool elementwise, const at::Tensor& grad, const at::Tensor& x,
@@ -83,11 +96,12 @@ void ana(const AnaCall& c, const EpsReduction& r, bool elementwise, const at::Te
   ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::_ana_backward_eps", [&] {
     using T = at::opmath_type<scalar_t>;
     const AnaParams<T> p = c.forward<T>(), pb = c.backward<T>();
+    const bool hard = mode_is_hard(c, p);
     dispatch_noise(c.noise.kind, [&](auto n) {
       dispatch_strategy(c.strategy, [&](auto st) {
         using Forward = AnaForward<decltype(n)::value, decltype(st)::value, T>;
         eps_grad_loop<scalar_t>(AnaEpsGrad<decltype(n)::value, decltype(st)::value, T>{Forward{p, c.training}, pb,
-                                                                                      c.noise_b.kind},
+                                                                                      c.noise_b.kind, hard},
                                 r, elementwise, grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                 gx.mutable_data_ptr<scalar_t>(), ge.mutable_data_ptr<T>(), x.numel());
       });
