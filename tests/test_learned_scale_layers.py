@@ -70,7 +70,7 @@ def test_activation_scale_from_the_first_batch_and_state_dict():
     fresh.load_state_dict(act.state_dict())
     fresh(x * 10)  # loaded: not re-initialised by the batch
     assert_equal(fresh.eps.detach(), first)
-    with pytest.raises(ValueError, match="activation eps must be"):
+    with pytest.raises(TypeError, match="eps must be a number or a tensor, got str 'max_abs'"):
         anacuda.nn.ANAActivation(eps="max_abs")
 
 

@@ -67,7 +67,8 @@ class ANAActivation(NoiseHyperParams):
             # from the first training batch (or init_scale(x); do it before torch.compile, whose
             # guard on the pending flag would otherwise recompile once), LSQ's gradient scale.
             if eps != "learned":
-                raise ValueError(f"anacuda.nn: activation eps must be a number, a tensor or 'learned', got {eps!r}")
+                raise TypeError(f"anacuda: eps must be a number or a tensor, got str {eps!r} (the one rule of an "
+                                "activation's eps is 'learned')")
             self.eps_mode, self.eps_grad_scale, self.eps_pending = "learned", True, True
             self.eps = nn.Parameter(torch.ones((), dtype=torch.float32))
             return
