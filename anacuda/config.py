@@ -26,7 +26,8 @@ class ANAConfig:
     location `mu` and scale `sigma` in units of eps. strategy: ``"mode"`` by default, as the
     layers and ``convert`` (the CVPR 2022 setting: the forward is always on the levels);
     ``functional.ana``'s own default is ``"expectation"``. eps: a number or tensor, or for a
-    weight a rule of ``anacuda.scale.WEIGHT_RULES`` recomputed from the weight; None leaves it to
+    weight a rule of ``anacuda.scale.WEIGHT_RULES`` recomputed from the weight, or for a layer
+    ``"learned"`` (a trained parameter initialised as LSQ does, SPEC §8); None leaves it to
     the user of the config (weights: ``scale.DEFAULT_WEIGHT_RULE``; activations and calls: 1).
     backward_noise: None (the gradient is the derivative of the forward noise's smoothed stair,
     the CVPR 2022 algorithm) or a ``(name, mu, sigma)`` tuple / ``Noise`` of its own.
@@ -52,7 +53,7 @@ class ANAConfig:
         as_param(self.mu, "mu", stored=True)
         as_param(self.sigma, "sigma", "nonnegative", stored=True)
         if isinstance(self.eps, str):
-            scale.check_weight_rule(self.eps)
+            scale.check_weight_rule(self.eps, learned=True)
         elif self.eps is not None:
             as_param(self.eps, "eps", "positive", scalar=False, stored=True)
         if self.backward_noise is not None:

@@ -149,10 +149,16 @@ WEIGHT_RULES = {
 DEFAULT_WEIGHT_RULE = "absmean"
 
 
-def check_weight_rule(rule: str) -> str:
-    if rule not in WEIGHT_RULES:
-        raise ValueError(f"anacuda: weight eps must be a number, a tensor or one of {tuple(WEIGHT_RULES)}, "
-                         f"got {rule!r}")
+#: eps = LEARNED: an nn.Parameter trained with the network (SPEC §8), initialised as LSQ does;
+#: the layers and ``convert`` take it beside the rules (anacuda/nn/learned_scale.py).
+LEARNED = "learned"
+
+
+def check_weight_rule(rule: str, learned: bool = False) -> str:
+    """`rule` if it names a rule of WEIGHT_RULES (or LEARNED, when `learned`), else a ValueError."""
+    if rule not in WEIGHT_RULES and not (learned and rule == LEARNED):
+        names = tuple(WEIGHT_RULES) + ((LEARNED,) if learned else ())
+        raise ValueError(f"anacuda: weight eps must be a number, a tensor or one of {names}, got {rule!r}")
     return rule
 
 

@@ -11,6 +11,8 @@ from torch import nn
 from .. import functional as F
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
+from ..scale import LEARNED
+from .learned_scale import effective_eps, lsq_init
 
 
 def _buffer(value: Param) -> torch.Tensor:
@@ -117,14 +119,49 @@ class ANAActivation(NoiseHyperParams):
         config = ANAConfig.build(config, "anacuda.nn.ANAActivation", quantizer=quantizer, noise=noise,
                                  strategy=strategy, mu=mu, sigma=sigma, eps=eps, backward_noise=backward_noise)
         self._setup_noise(config)
+        self.eps_mode = None
+        if isinstance(config.eps, str):
+            # A learned eps (SPEC §8, anacuda/nn/learned_scale.py): one value, LSQ's initialisation
+            # from the first training batch (or init_scale(x); do it before torch.compile, whose
+            # guard on the pending flag would otherwise recompile once), LSQ's gradient scale.
+            if config.eps != LEARNED:
+                raise TypeError(f"anacuda: eps must be a number or a tensor, got str {config.eps!r} (the one rule of "
+                                f"an activation's eps is {LEARNED!r})")
+            self.eps_mode, self.eps_grad_scale, self.eps_pending = LEARNED, True, True
+            self.eps = nn.Parameter(torch.ones((), dtype=torch.float32))
+            return
         eps_t = as_param(1.0 if config.eps is None else config.eps, "eps", "positive", scalar=False, stored=True)
         self.register_buffer("eps", eps_t.detach().to(torch.float32).clone())
 
+    @torch.no_grad()
+    def init_scale(self, x: torch.Tensor):
+        """A learned eps: LSQ's initialisation 2 mean|x| / sqrt(q_K) from the batch x."""
+        if self.eps_mode != LEARNED:
+            raise ValueError("anacuda.nn: init_scale needs activation eps 'learned'")
+        self.eps.copy_(lsq_init(x, self.quantizer, per_channel=False))
+        self.eps_pending = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.eps_mode == LEARNED and prefix + "eps" in state_dict:
+            self.eps_pending = False  # a loaded scale is not re-initialised by the next batch
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def activation_eps(self, x: torch.Tensor) -> torch.Tensor:
+        """The eps this forward uses (for a learned one: floored, with LSQ's gradient scale)."""
+        if self.eps_mode != LEARNED:
+            return self.eps
+        if self.eps_pending and self.training:
+            self.init_scale(x)
+        return effective_eps(self.eps, x.numel(), self.quantizer, self.eps_grad_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._warn_if_no_gradient(x.requires_grad, "no parameter before it gets a gradient through it")
-        return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.eps,
-                     self._backward_noise())
+        return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training,
+                     self.activation_eps(x), self._backward_noise())
 
     def extra_repr(self) -> str:
-        eps = f"{self.eps.item():.4g}" if self.eps.numel() == 1 else f"tensor{tuple(self.eps.shape)}"
+        if self.eps_mode == LEARNED:
+            eps = LEARNED
+        else:
+            eps = f"{self.eps.item():.4g}" if self.eps.numel() == 1 else f"tensor{tuple(self.eps.shape)}"
         return f"{self._noise_repr()}, eps={eps}"

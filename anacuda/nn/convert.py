@@ -9,6 +9,7 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .. import scale
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
 from .activation import ANAActivation
@@ -31,6 +32,8 @@ def _weight_layer(m: nn.Module, cls, **quant):
         new.weight.copy_(m.weight)
         if m.bias is not None:
             new.bias.copy_(m.bias)
+    if getattr(new, "eps_mode", None) == scale.LEARNED:
+        new.init_scale()  # LSQ's initialisation from the copied weight
     new.train(m.training)
     return new.to(m.weight.device)
 

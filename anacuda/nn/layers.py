@@ -6,9 +6,13 @@ is alpha-blended, α·eps·Q(w/eps) + (1 − α)·w (SPEC §6). Constructors tak
 arguments plus the quantisation keywords (for the ANA layers: an ANAConfig's fields, or
 ``config=``); the forward is torch.nn's with the quantised weight.
 
-Weight scale `eps`: a number or tensor broadcastable to the weight (fixed, a buffer), or the name
+Weight scale `eps`: a number or tensor broadcastable to the weight (fixed, a buffer), the name
 of a rule of ``anacuda.scale.WEIGHT_RULES`` recomputed from the weight on every forward (no
-gradient through it); default ``scale.DEFAULT_WEIGHT_RULE`` (docs/scales.md says why).
+gradient through it; default ``scale.DEFAULT_WEIGHT_RULE``, docs/scales.md says why), or
+"learned": an nn.Parameter per output channel, initialised as LSQ does (2 mean|w| / sqrt(q_K);
+`init_scale()` redoes it from the current weight), trained with LSQ's gradient scale
+1 / sqrt(N q_K) (`layer.eps_grad_scale = False` turns it off) and kept positive by a floor
+(anacuda/nn/learned_scale.py says why).
 The weight quantiser's levels must not decrease: freeze stores each weight as its level's index.
 """
 
@@ -24,11 +28,12 @@ from .. import scale
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
 from .activation import NoiseHyperParams
+from .learned_scale import effective_eps, lsq_init
 
 
 def check_weight_args(quantizer, eps):
     """A weight layer's quantiser (default ternary; levels must not decrease) and eps (None: the
-    default rule; a rule the quantiser can take; or a positive number or tensor), checked for
+    default rule; a rule the quantiser can take; "learned"; or a positive number or tensor), checked for
     any weight shape. Returns (quantizer, eps)."""
     if quantizer is None:
         quantizer = Quantizer.ternary()
@@ -41,7 +46,8 @@ def check_weight_args(quantizer, eps):
     if eps is None:
         eps = scale.DEFAULT_WEIGHT_RULE
     if isinstance(eps, str):
-        scale.weight_scale(torch.ones(1, 1), quantizer, eps)  # an unknown rule, or one the quantiser cannot take
+        if scale.check_weight_rule(eps, learned=True) != scale.LEARNED:
+            scale.weight_scale(torch.ones(1, 1), quantizer, eps)  # a rule the quantiser cannot take
     else:
         eps = as_param(eps, "eps", "positive", scalar=False, stored=True)
     return quantizer, eps
@@ -54,7 +60,11 @@ class _WeightScale:
         self.quantizer, eps = check_weight_args(quantizer, eps)
         if isinstance(eps, str):
             self.eps_mode = eps
-            self.register_buffer("eps", None)
+            if eps == scale.LEARNED:  # SPEC §8: one value per output channel
+                self.eps_grad_scale = True
+                self.eps = nn.Parameter(lsq_init(self.weight, self.quantizer, per_channel=True))
+            else:
+                self.register_buffer("eps", None)
             return
         self.eps_mode = None
         eps_t = eps.detach().float().clone()
@@ -71,7 +81,16 @@ class _WeightScale:
     def weight_eps(self) -> torch.Tensor:
         if self.eps_mode is None:
             return self.eps
+        if self.eps_mode == scale.LEARNED:
+            return effective_eps(self.eps, self.weight[0].numel(), self.quantizer, self.eps_grad_scale)
         return scale.weight_scale(self.weight, self.quantizer, self.eps_mode)
+
+    @torch.no_grad()
+    def init_scale(self):
+        """A learned eps: LSQ's initialisation from the current weight."""
+        if self.eps_mode != scale.LEARNED:
+            raise ValueError(f"anacuda.nn: init_scale needs weight eps 'learned', got {self.eps_mode or 'a fixed eps'}")
+        self.eps.copy_(lsq_init(self.weight, self.quantizer, per_channel=True))
 
     def _eps_repr(self) -> str:
         if self.eps_mode is not None:

@@ -1,0 +1,118 @@
+"""Learned scales in the layers (SPEC §8; anacuda/nn/learned_scale.py): LSQ's initialisation and
+gradient scale, the floor, convert/freeze (eval equals frozen bit for bit), state_dict and
+torch.compile without recompilation when the scales change."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import assert_equal
+
+import anacuda
+from anacuda import Quantizer
+from anacuda import functional as F
+from anacuda.nn.learned_scale import EPS_FLOOR
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+Q4 = Quantizer.uniform(4)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+
+
+def _convert(model):
+    return anacuda.nn.convert(model, weight_quantizer=Q4, activation_quantizer=Quantizer.uniform(3, signed=False),
+                              weight_eps="learned", activation_eps="learned")
+
+
+def test_weight_scale_init_and_gradient_scale():
+    layer = anacuda.nn.ANAConv2d(4, 6, 3, quantizer=Q4, eps="learned")
+    w = layer.weight.detach()
+    assert isinstance(layer.eps, nn.Parameter) and layer.eps.shape == (6, 1, 1, 1)
+    assert_equal(layer.eps.detach(), 2 * w.abs().mean((1, 2, 3), keepdim=True) / math.sqrt(7))
+    x = torch.randn(2, 4, 7, 7)
+    grad = torch.randn(2, 6, 5, 5)
+    layer(x).backward(grad)
+    # the same step through the op, without the layer: LSQ's gradient scale 1 / sqrt(N q_K)
+    e = layer.eps.detach().clone().requires_grad_()
+    wq = F.ana(w, Q4, "uniform", 0.0, 0.5, "mode", eps=e)
+    nn.functional.conv2d(x, wq, layer.bias.detach()).backward(grad)
+    torch.testing.assert_close(layer.eps.grad, e.grad / math.sqrt(w[0].numel() * 7), rtol=1e-6, atol=0)
+    layer.eps_grad_scale = False
+    layer.eps.grad = None
+    layer(x).backward(grad)
+    torch.testing.assert_close(layer.eps.grad, e.grad, rtol=1e-6, atol=0)
+
+
+def test_floor_keeps_the_scale_positive():
+    layer = anacuda.nn.ANALinear(4, 3, quantizer=Q4, eps="learned")
+    with torch.no_grad():
+        layer.eps[0] = -1.0  # a step that crossed 0
+    y = layer(torch.randn(2, 4))
+    assert torch.isfinite(y).all() and layer.weight_eps()[0].item() == torch.tensor(EPS_FLOOR).item()
+
+
+def test_activation_scale_from_the_first_batch_and_state_dict():
+    act = anacuda.nn.ANAActivation(Quantizer.uniform(3, signed=False), eps="learned")
+    x = torch.rand(16, 10) * 4
+    act(x)
+    assert act.eps.item() == pytest.approx(2 * x.abs().mean().item() / math.sqrt(7), rel=1e-6)
+    first = act.eps.detach().clone()
+    act(x * 10)  # no re-initialisation
+    assert_equal(act.eps.detach(), first)
+    fresh = anacuda.nn.ANAActivation(Quantizer.uniform(3, signed=False), eps="learned")
+    fresh.load_state_dict(act.state_dict())
+    fresh(x * 10)  # loaded: not re-initialised by the batch
+    assert_equal(fresh.eps.detach(), first)
+    with pytest.raises(TypeError, match="eps must be a number or a tensor, got str 'max_abs'"):
+        anacuda.nn.ANAActivation(eps="max_abs")
+
+
+def test_convert_train_freeze_state_dict():
+    model = _model()
+    qmodel = _convert(model)
+    x = torch.randn(4, 3, 6, 6)
+    scales = [p for n, p in qmodel.named_parameters() if n.endswith("eps")]
+    assert len(scales) == 3  # conv, ReLU, linear
+    conv = qmodel[0]
+    assert_equal(conv.eps.detach(), 2 * model[0].weight.abs().mean((1, 2, 3), keepdim=True) / math.sqrt(7))
+    opt = torch.optim.SGD(qmodel.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        qmodel(x).square().mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in scales)
+        opt.step()
+    assert not torch.equal(conv.eps.detach(), 2 * model[0].weight.abs().mean((1, 2, 3), keepdim=True) / math.sqrt(7))
+    qmodel.eval()
+    frozen = anacuda.nn.freeze(qmodel)
+    with torch.no_grad():
+        assert_equal(frozen(x), qmodel(x))  # eval == frozen, bit for bit
+    copy = _convert(_model())
+    copy.load_state_dict(qmodel.state_dict())
+    copy.eval()
+    with torch.no_grad():
+        assert_equal(copy(x), qmodel(x))
+    d = qmodel.to(torch.float64)
+    assert conv.eps.dtype == torch.float64 and d(x.double()).dtype == torch.float64
+
+
+def test_compile_no_recompilation_when_the_scales_change():
+    from torch._dynamo.testing import CompileCounter
+
+    qmodel = _convert(_model())
+    x = torch.randn(4, 3, 6, 6)
+    qmodel(x)  # the activation's scale from the first batch, before compiling
+    counter = CompileCounter()
+    step = torch.compile(lambda inp: qmodel(inp).square().mean(), backend=counter, fullgraph=True)
+    opt = torch.optim.SGD(qmodel.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        step(x).backward()
+        opt.step()  # new scales
+    assert counter.frame_count == 1
