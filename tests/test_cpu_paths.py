@@ -140,3 +140,32 @@ def test_forward_backward_and_blend_are_the_functors(dtype):
                     assert_equal(fast, functors, msg=f"{qname} {noise} backward")
                 else:
                     assert_close(fast, functors, dtype, 10 * scale_of(q, 2.0), msg=f"{qname} {noise} backward")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_arithmetic_grid_hard_stair_is_the_functor(dtype):
+    """The hard stair of an evenly spaced grid with many thresholds (cpu/arithmetic_grid.h: Q by
+    arithmetic, corrected by exact comparisons) against count_le's walk, bit for bit: on every
+    threshold and the floats next to it, in eval and in mode with a box no wider than half a step,
+    for grids with a power-of-two step (taken) and one without (the functors' own loop)."""
+    grids = {
+        "uniform8": Q.uniform(8),
+        "unsigned8": Q.uniform(8, signed=False),
+        "half_steps": Q([0.5 * k for k in range(-40, 41)], [0.5 * k + 0.25 for k in range(-40, 40)]),
+        "step_0.3": Q([0.3 * k for k in range(50)], [0.3 * k + 0.15 for k in range(49)]),
+    }
+    for name, q in grids.items():
+        lv, th = q.tables(torch.device("cpu"), dtype)
+        t = th.to(torch.float64)
+        pts = torch.cat([t, torch.nextafter(t, t - 1), torch.nextafter(t, t + 1), span(q, 0.5, 0.0, n=301),
+                         f64([float("nan"), float("inf"), -float("inf"), 0.0, 1e30, -1e30])])
+        for mu in [0.0, 0.25]:
+            for eps in [f64(1.0), f64(0.75), f64([0.5, 2.0, 1.25]).reshape(3, 1)]:
+                x = ((pts + mu).reshape(1, -1) * eps).to(dtype)
+                for noise, strategy, training, sigma in [("uniform", "mode", False, 0.0), ("uniform", "mode", True, 0.5),
+                                                         ("triangular", "mode", True, 0.25),
+                                                         ("normal", "expectation", True, 0.0)]:
+                    args = (x, lv, th, q.uniform_grid, eps, noise, f64(mu), f64(sigma), strategy, training, None,
+                            noise, f64(mu), f64(max(sigma, 0.5)))
+                    fast, functors = both(lambda: ops.ana(*args))
+                    assert_equal(fast, functors, msg=f"{name} mu={mu} eps={eps.tolist()} {noise} {strategy} {training}")

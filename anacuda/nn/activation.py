@@ -152,6 +152,8 @@ class ANAActivation(NoiseHyperParams):
             return self.eps
         if self.eps_pending and self.training:
             self.init_scale(x)
+        # N = every element of the batch, as the common LSQ code has it (the paper's N_F counts one
+        # example's features: a gradient larger by sqrt(batch size)).
         return effective_eps(self.eps, x.numel(), self.quantizer, self.eps_grad_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

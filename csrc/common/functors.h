@@ -18,6 +18,9 @@ template <NoiseKind N, Strategy S, typename T> struct AnaForward {
   static constexpr bool kRandom = S == Strategy::Random;
   AnaParams<T> p;
   bool training;
+  // Set by a caller that knows the most likely level is the hard stair's (the CPU's mode_is_hard):
+  // the same value, without the walk over the levels' probabilities.
+  bool hard = false;
   T mu, sigma;
   bool ok, smooth;
   uint64_t seed, stream;
@@ -27,7 +30,7 @@ template <NoiseKind N, Strategy S, typename T> struct AnaForward {
     mu = p.mu.get();
     sigma = p.sigma.get();
     ok = valid_noise(mu, sigma);
-    smooth = training && sigma > T(0);
+    smooth = training && sigma > T(0) && !hard;
     seed = kRandom ? static_cast<uint64_t>(p.seed.get()) : 0;
     stream = kRandom ? static_cast<uint64_t>(p.stream.get()) : 0;
   }

@@ -35,9 +35,6 @@ template <NoiseKind N, Strategy S, typename T> struct AnaEpsGrad {
   AnaForward<N, S, T> forward;
   AnaParams<T> pb;  // the backward noise's mu and sigma (grid and eps: the forward's)
   NoiseKind noise_b;
-  // Set by a caller that knows the forward's most likely level is the hard stair's (mode with a
-  // compact noise no wider than half the smallest gap, as the CPU's fast forward decides).
-  bool hard = false;
   T mu_b, sigma_b;
   bool ok_b;
   uint64_t seed, stream;
@@ -54,8 +51,7 @@ template <NoiseKind N, Strategy S, typename T> struct AnaEpsGrad {
     const T e = forward.p.eps.at(i);
     if (!forward.ok || !ok_b || !valid_eps(e)) return {quiet_nan<T>(), quiet_nan<T>()};
     const T u = x / e;
-    const T level = hard ? hard_stair(forward.p.grid, u - forward.mu)
-                         : ana_element<N, S>(forward.p.grid, u, forward.mu, forward.sigma, forward.smooth, word);
+    const T level = ana_element<N, S>(forward.p.grid, u, forward.mu, forward.sigma, forward.smooth, word);
     const T d = stair_derivative_of(noise_b, forward.p.grid, u - mu_b, sigma_b);
     const T inf = std::numeric_limits<T>::infinity();
     const T term = (u == inf || u == -inf) ? level : level - u * d;  // never inf * 0

@@ -171,7 +171,8 @@ C10_HOST_DEVICE inline T stair_derivative(const Grid<T>& g, T a, T sigma) {
   }
 }
 
-// ANA forward of one element (SPEC §4), u = x / eps. `smooth` is training && sigma > 0;
+// ANA forward of one element (SPEC §4), u = x / eps. `smooth` is training && sigma > 0 (and not a
+// mode known to be the hard stair, AnaForward::hard);
 // `word` is the element's Philox word (random strategy only).
 template <NoiseKind N, Strategy S, typename T>
 C10_HOST_DEVICE inline T ana_element(const Grid<T>& g, T u, T mu, T sigma, bool smooth, uint32_t word) {

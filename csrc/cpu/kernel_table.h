@@ -8,6 +8,8 @@
 // loop (loops.h), for every call; the tests run the op suite through both (anacuda._testing).
 #pragma once
 
+#include <algorithm>
+#include <limits>
 #include <string>
 
 #include "../ops/device_kernels.h"
@@ -33,5 +35,16 @@ extern const DeviceKernels kernels;
 bool cpu_runs_functors();
 std::string cpu_path();
 void set_cpu_path(const std::string& path);
+
+// Mode with a compact noise no wider than half the smallest gap between thresholds: the most
+// likely level is the hard stair's, and the fast path computes it as one (all_thresholds.h's
+// block_forward_kind for few thresholds; AnaForward's `hard` for many). Never on the functor path.
+template <typename T> bool mode_is_hard(const AnaCall& c, const AnaParams<T>& p) {
+  const bool compact = c.noise.kind == NoiseKind::Uniform || c.noise.kind == NoiseKind::Triangular;
+  if (cpu_runs_functors() || c.strategy != Strategy::Mode || !compact) return false;
+  T min_gap = std::numeric_limits<T>::infinity();
+  for (int64_t t = 1; t < p.grid.K; ++t) min_gap = std::min(min_gap, p.grid.theta[t] - p.grid.theta[t - 1]);
+  return T(2) * p.sigma.value <= min_gap;
+}
 
 }  // namespace anacuda

@@ -81,16 +81,6 @@ void eps_grad_loop(Op op, const EpsReduction& r, bool elementwise, const scalar_
   });
 }
 
-// Mode with a compact noise no wider than half the smallest gap: the most likely level is the
-// hard stair's (the rule of the fast forward, cpu/all_thresholds.h's block_forward_kind).
-template <typename T> bool mode_is_hard(const AnaCall& c, const AnaParams<T>& p) {
-  const bool compact = c.noise.kind == NoiseKind::Uniform || c.noise.kind == NoiseKind::Triangular;
-  if (cpu_runs_functors() || c.strategy != Strategy::Mode || !compact) return false;
-  T min_gap = std::numeric_limits<T>::infinity();
-  for (int64_t t = 1; t < p.grid.K; ++t) min_gap = std::min(min_gap, p.grid.theta[t] - p.grid.theta[t - 1]);
-  return T(2) * p.sigma.value <= min_gap;
-}
-
 void ana(const AnaCall& c, const EpsReduction& r, bool elementwise, const at::Tensor& grad, const at::Tensor& x,
          const at::Tensor& gx, const at::Tensor& ge) {
   ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::_ana_backward_eps", [&] {
@@ -100,8 +90,8 @@ void ana(const AnaCall& c, const EpsReduction& r, bool elementwise, const at::Te
     dispatch_noise(c.noise.kind, [&](auto n) {
       dispatch_strategy(c.strategy, [&](auto st) {
         using Forward = AnaForward<decltype(n)::value, decltype(st)::value, T>;
-        eps_grad_loop<scalar_t>(AnaEpsGrad<decltype(n)::value, decltype(st)::value, T>{Forward{p, c.training}, pb,
-                                                                                      c.noise_b.kind, hard},
+        eps_grad_loop<scalar_t>(AnaEpsGrad<decltype(n)::value, decltype(st)::value, T>{Forward{p, c.training, hard}, pb,
+                                                                                      c.noise_b.kind},
                                 r, elementwise, grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                 gx.mutable_data_ptr<scalar_t>(), ge.mutable_data_ptr<T>(), x.numel());
       });

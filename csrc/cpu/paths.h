@@ -1,7 +1,8 @@
 // The CPU kernels of every op for one instruction set (CPU_CAPABILITY: DEFAULT or AVX2; see
 // kernel_table.h): the dtype dispatch, and which loop computes what. The fast paths:
-// all_thresholds.h (few thresholds, branch-free blocks) and smooth_window.h (normal and logistic
-// noise over the thresholds in reach of each element, for many thresholds). Everything else, and
+// all_thresholds.h (few thresholds, branch-free blocks), smooth_window.h (normal and logistic
+// noise over the thresholds in reach of each element, for many thresholds) and arithmetic_grid.h
+// (the hard stair of an evenly spaced grid with many thresholds). Everything else, and
 // everything when the CPU runs the GPU's code: loops.h, the functors of common/functors.h in the
 // CUDA loop.
 #pragma once
@@ -13,6 +14,7 @@
 #include "isa_headers.h"
 
 #include "all_thresholds.h"
+#include "arithmetic_grid.h"
 #include "loops.h"
 #include "smooth_window.h"
 
@@ -49,10 +51,16 @@ void ana(const AnaCall& c, const at::Tensor& x, const at::Tensor& y) {
       });
       return;
     }
+    const bool hard = mode_is_hard(c, p);  // many thresholds: the table's rule
+    ArithmeticGrid<T> ag;
+    if (!cpu_runs_functors() && (hard || !(c.training && sigma > T(0))) && make_arithmetic_grid(p.grid, ag)) {
+      arithmetic_hard_forward(ag, xp, yp, x.numel(), p.eps, p.mu.value);
+      return;
+    }
     dispatch_noise(c.noise.kind, [&](auto n) {
       dispatch_strategy(c.strategy, [&](auto st) {
         unary_loop(xp, Output<scalar_t>{yp}, x.numel(),
-                   AnaForward<decltype(n)::value, decltype(st)::value, T>{p, c.training});
+                   AnaForward<decltype(n)::value, decltype(st)::value, T>{p, c.training, hard});
       });
     });
   });

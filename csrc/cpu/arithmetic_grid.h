@@ -1,0 +1,67 @@
+// CPU fast path for the hard stair of a grid with many thresholds (K > kTableMaxK: 8 bits and up)
+// whose thresholds and levels are arithmetic, theta_t = theta_0 + t s and q_k = q_0 + k dq, with s
+// and dq powers of two and every stored value checked against the formula. Then t s is exact, so
+// theta_0 + t s is the stored threshold however the compiler contracts it, and Q(a) is found by
+// arithmetic: an estimate of the last threshold <= a, corrected by one exact comparison either way
+// (the estimate's rounding is far below one step), in branch-free loops the compiler vectorises,
+// where common/stair.h's count_le loops per element. The same levels as count_le's, NaN kept.
+#pragma once
+
+#include "all_thresholds.h"
+#include "isa_headers.h"
+
+namespace anacuda {
+namespace CPU_CAPABILITY {
+
+template <typename T> struct ArithmeticGrid {
+  T theta0, step, inv_step, q0, dq, last;  // last = K - 1, the index of the top threshold
+};
+
+template <typename T> bool is_power_of_two(T v) {
+  int exponent = 0;
+  return v > T(0) && std::isfinite(v) && std::frexp(v, &exponent) == T(0.5);
+}
+
+template <typename T> bool make_arithmetic_grid(const Grid<T>& g, ArithmeticGrid<T>& s) {
+  if (g.K < 2) return false;
+  s.theta0 = g.theta[0];
+  s.step = g.theta[1] - g.theta[0];
+  s.q0 = g.q[0];
+  s.dq = g.q[1] - g.q[0];
+  if (!is_power_of_two(s.step) || !is_power_of_two(s.dq)) return false;
+  for (int64_t t = 0; t < g.K; ++t)
+    if (s.theta0 + static_cast<T>(t) * s.step != g.theta[t]) return false;
+  for (int64_t k = 0; k <= g.K; ++k)
+    if (s.q0 + static_cast<T>(k) * s.dq != g.q[k]) return false;
+  s.inv_step = T(1) / s.step;
+  s.last = static_cast<T>(g.K - 1);
+  return true;
+}
+
+// v[j] = Q(a[j]) (a NaN a[j] gives some level; the callers keep the NaN).
+template <typename T> inline void arithmetic_levels(const ArithmeticGrid<T>& s, const T* a, int64_t n, T* v) {
+  for (int64_t j = 0; j < n; ++j) {
+    T i = std::floor((a[j] - s.theta0) * s.inv_step);  // the last threshold <= a[j], or one off
+    i = i < T(-1) ? T(-1) : (i > s.last ? s.last : i);   // +-inf into range
+    i = (i >= T(0) && a[j] < s.theta0 + i * s.step) ? i - T(1) : i;
+    i = (i < s.last && a[j] >= s.theta0 + (i + T(1)) * s.step) ? i + T(1) : i;
+    v[j] = s.q0 + (i + T(1)) * s.dq;
+  }
+}
+
+// y = eps * Q(x / eps - mu) over the whole input (NaN stays NaN).
+template <typename scalar_t, typename T>
+void arithmetic_hard_forward(const ArithmeticGrid<T>& s, const scalar_t* x, scalar_t* y, int64_t n,
+                             const EpsLayout<T>& eps, T mu) {
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock], v[kBlock];
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
+      shifted(x + i, m, e, mu, a);
+      arithmetic_levels(s, a, m, v);
+      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace anacuda
