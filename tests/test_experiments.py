@@ -44,7 +44,7 @@ def test_reduced_grid_is_the_cvpr_design_in_miniature():
     assert {c.method for c in runs} == {"ana", "ste", "ana2019", "alpha_blend"}
     alpha = {(c.method, c.wbits) for c in runs if family(c) == "alpha"}
     assert alpha == set(itertools.product(("alpha_blend", "ste"), (1, 2, 4)))
-    assert len(runs) == 3 * (96 + 8 + 2 + 6)
+    assert len(runs) == 3 * (96 + 8 + 2 + 6 + 9)  # the lsq family adds 12 configurations, 3 of them already there
     # on request the excluded combination runs, marked
     more = make_grid("reduced", include_mismatched=True, families=("ana",))
     marked = [c for c in more if c.deploy_mismatch]
@@ -101,6 +101,72 @@ def test_builds_every_method(data, one_thread):
         C.run(C.RunConfig(init="float", epochs=1, width=4), data)
 
 
+def test_lsq_family_crosses_estimators_scales_and_grids():
+    runs = make_grid("reduced", families=("lsq",), seeds=[0])
+    cells = {(c.method, c.learned, c.levels) for c in runs}
+    assert cells == set(itertools.product(("ste", "ana2019", "ana"), (False, True), ("symmetric", "full")))
+    assert len(runs) == 12 and all(c.wbits == c.abits == 2 and c.init == "scratch" for c in runs)
+    for c in runs:
+        assert (c.weight_eps == "learned") == (c.activation_scale == "learned") == c.learned
+        assert c.method != "ana" or (c.noise, c.strategy, c.sigma) == ("uniform", "expectation", "annealed")
+    # the fixed-scale ternary runs are the baseline and CVPR-grid runs of the same seed (run once)
+    fixed = {c.key() for c in runs if not c.learned and c.levels == "symmetric"}
+    assert len(fixed) == 3 and fixed <= {c.key() for c in make_grid("reduced", families=("ana", "baseline"), seeds=[0])}
+    assert C.quantizer_for(2, "full").levels.tolist() == [-2, -1, 0, 1]
+    assert C.quantizer_for(2).levels.tolist() == [-1, 0, 1]
+    with pytest.raises(ValueError, match="levels"):
+        C.quantizer_for(2, "asymmetric")
+    # the learned configurations are new runs, the old keys stay as they were
+    assert C.RunConfig().key() == C.RunConfig(activation_scale="fixed", levels="symmetric").key()
+    assert len({c.key() for c in runs}) == 12
+
+
+def test_tiny_lsq_configurations_learn_their_scales_and_freeze_exactly(data, one_thread):
+    tiny = make_grid("tiny", families=("lsq",))
+    assert [(c.method, c.levels) for c in tiny] == [("ste", "full"), ("ana", "symmetric")]
+    for cfg in tiny:
+        assert cfg.learned and family(cfg) == "lsq"
+        torch.manual_seed(cfg.seed)
+        model, ctrl = C.build_quantised(cfg, C.make_cnn(cfg.width))
+        assert model.conv2.eps_mode == "learned" and model.act2.eps_mode == "learned"
+        assert model.conv2.quantizer.levels.tolist() == C.quantizer_for(2, cfg.levels).levels.tolist()
+        w_eps = model.conv2.eps.detach().clone()
+        C.train(model, data, epochs=1, lr=3e-3, batch_size=64, seed=cfg.seed, controller=ctrl)
+        assert model.conv2.eps.shape == (cfg.width * 2, 1, 1, 1)
+        assert not torch.equal(model.conv2.eps.detach(), w_eps)  # the scale was trained
+        assert all(torch.isfinite(p).all() and (p > 0).all() for n, p in model.named_parameters() if n.endswith("eps"))
+        row = C.run(cfg, data)
+        assert row["quant_acc"] == row["eval_acc"] and "learned eps" in row["label"]
+
+
+def test_lsq_table_pairs_fixed_and_learned_by_seed(tmp_path):
+    rows = []
+    for (method, learned, levels), s in itertools.product(
+            itertools.product(("ste", "ana2019", "ana"), (False, True), ("symmetric", "full")), range(3)):
+        from references.experiments.grid import LSQ_ANA
+
+        kw = LSQ_ANA if method == "ana" else {}
+        cfg = C.RunConfig(method=method, levels=levels, seed=s, **kw,
+                          **(dict(weight_eps="learned", activation_scale="learned") if learned else {}))
+        acc = 90 + 2 * learned + (1 if method == "ana" else 0) + s
+        rows.append(dict(dataclasses.asdict(cfg), key=cfg.key(), label=cfg.label(), family=family(cfg),
+                         deploy_mismatch=False, float_acc=0.99, eval_acc=acc / 100, quant_acc=acc / 100, seconds=1.0))
+    table = S.lsq_table(rows)
+    assert [(t["levels"], t["estimator"]) for t in table] == list(
+        itertools.product(("symmetric", "full"), ("ste", "ana2019", "ana")))
+    for t in table:
+        d = t["learned_minus_fixed"]
+        assert d["diff"][0] == pytest.approx(2.0) and d["wins"] == 3 and d["n"] == 3
+        if t["estimator"] == "ste":
+            assert t["vs_lsq"] is None
+        else:
+            assert t["vs_lsq"]["diff"][0] == pytest.approx(1.0 if t["estimator"] == "ana" else 0.0)
+    # learned-scale rows stay out of the synchronisation analysis
+    assert all(len(v) == 3 for v in S.ana_cells(rows).values()) and len(S.ana_cells(rows)) == 1
+    text = write_report(str(tmp_path), rows, figures=False)
+    assert "| −2 … 1 | clipped STE / LSQ | 91.00 ± 2.48 | 93.00 ± 2.48 | 2.00 ± 0.00 | 3/3 seeds |" in text
+
+
 # --- the runner: CSV, resume, parallel workers -----------------------------------------------------
 def test_run_grid_writes_rows_and_resumes(tmp_path):
     configs = make_grid("tiny", families=("ana",))
@@ -126,7 +192,7 @@ def test_run_grid_writes_rows_and_resumes(tmp_path):
 
 def test_cli_dry_run_and_report_only(tmp_path, capsys):
     res = experiments_main(["--grid", "reduced", "--dry-run", "--out", str(tmp_path)])
-    assert res["runs"] == 336 and res["counts"] == {"ana": 312, "baseline": 6, "alpha": 18}
+    assert res["runs"] == 363 and res["counts"] == {"ana": 312, "baseline": 6, "alpha": 18, "lsq": 27}
     # a report from a CSV that someone else wrote (synthetic rows), without running anything
     rows = _synthetic_rows()
     with open(tmp_path / "results.csv", "w", newline="") as f:
@@ -206,8 +272,9 @@ def test_old_csv_keeps_its_keys_and_gains_new_columns(tmp_path):
     from references.experiments.runner import _upgrade_header, done_keys
 
     cfg = C.RunConfig(seed=2)
-    # alpha_end was added later: at its original default it does not enter the key
-    legacy = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "alpha_end"}
+    # alpha_end, activation_scale and levels were added later: at their original defaults they do not enter the key
+    later = ("alpha_end", "activation_scale", "levels")
+    legacy = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in later}
     import hashlib
     import json
 
@@ -216,7 +283,7 @@ def test_old_csv_keeps_its_keys_and_gains_new_columns(tmp_path):
     assert float_config(dataclasses.replace(cfg, alpha_end=0.5)).key() == float_config(cfg).key()
     # a CSV written before the column existed is upgraded in place, rows and keys intact
     path = tmp_path / "results.csv"
-    old_cols = [c for c in COLUMNS if c not in ("alpha_end", "cpu_seconds")]
+    old_cols = [c for c in COLUMNS if c not in later + ("cpu_seconds",)]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=old_cols, extrasaction="ignore")
         w.writeheader()
@@ -226,4 +293,5 @@ def test_old_csv_keeps_its_keys_and_gains_new_columns(tmp_path):
     assert set(COLUMNS) <= set(header)
     (row,) = read_rows(str(path))
     assert row["alpha_end"] == 0.8 and row["key"] == cfg.key() and row["quant_acc"] == 0.5
+    assert row["activation_scale"] == "fixed" and row["levels"] == "symmetric"
     assert _upgrade_header(str(path)) == header  # idempotent

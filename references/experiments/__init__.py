@@ -3,8 +3,8 @@ part of the installed anacuda package: run it from the repository root).
 
 ``python3 -m references.experiments --grid reduced`` runs the CVPR 2022 design of experiments
 (noise × strategy × σ static/annealed × decay window × decay power, 3 seeds), the classic STE
-baselines and alpha-blending against the clipped STE at 1, 2 and 4 bits, in parallel over the
-CPU cores, resumably, and writes ``results.csv``, ``report.md`` and PNG figures to ``--out``.
+baselines, alpha-blending against the clipped STE at 1, 2 and 4 bits and learned scales (LSQ
+and smoothed LSQs) against fixed ones, in parallel over the CPU cores, resumably, and writes ``results.csv``, ``report.md`` and PNG figures to ``--out``.
 
 Modules: ``core`` (data, model, training, one run), ``grid`` (the grids), ``runner`` (the
 worker pool and the CSV), ``stats``, ``report`` and ``figures`` (the analysis).

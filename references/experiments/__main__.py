@@ -14,8 +14,8 @@ from .grid import FAMILIES, GRIDS, family, make_grid
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python3 -m references.experiments",
-        description="The CVPR 2022 ANA design of experiments in miniature (8x8 digits), the STE baselines and "
-                    "alpha-blending vs the clipped STE. Writes results.csv (one row per run; resumable), report.md "
+        description="The CVPR 2022 ANA design of experiments in miniature (8x8 digits), the STE baselines, "
+                    "alpha-blending vs the clipped STE and learned scales (LSQ, smoothed LSQ) vs fixed ones. Writes results.csv (one row per run; resumable), report.md "
                     "and PNG figures to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--grid", choices=sorted(GRIDS), default="reduced",

@@ -75,9 +75,14 @@ def make_cnn(width: int = 16) -> nn.Sequential:
     ]))
 
 
-def quantizer_for(bits: int) -> Quantizer:
+def quantizer_for(bits: int, levels: str = "symmetric") -> Quantizer:
     """1 bit: binary (±1); 2 bits: ternary (−1, 0, 1); b ≥ 3: symmetric signed integers
-    −(2^(b−1) − 1) … 2^(b−1) − 1."""
+    −(2^(b−1) − 1) … 2^(b−1) − 1. levels="full": all 2^b signed integers −2^(b−1) … 2^(b−1) − 1
+    (LSQ's signed grid; 2 bits: −2, −1, 0, 1)."""
+    if levels == "full":
+        return Quantizer.uniform(bits, signed=True)
+    if levels != "symmetric":
+        raise ValueError(f"levels must be 'symmetric' or 'full', got {levels!r}")
     if bits == 1:
         return Quantizer.binary()
     if bits == 2:
@@ -99,7 +104,7 @@ def ste_sigma(bits: int) -> float:
 
 # --- run configuration --------------------------------------------------------------------------
 #: Fields added to RunConfig later, with the value that older rows implicitly had.
-_LATER_FIELDS = {"alpha_end": 0.8}
+_LATER_FIELDS = {"alpha_end": 0.8, "activation_scale": "fixed", "levels": "symmetric"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +122,10 @@ class RunConfig:
     init: ``scratch`` (fresh weights) or ``float`` (a copy of the float baseline of the same seed).
     alpha_end: for alpha_blend, the fraction of the epochs at which α reaches 1 (after it the
     weights get no gradient; BatchNorm and the float layers still train).
+    weight_eps: a rule of anacuda.scale or ``learned`` (an nn.Parameter per output channel, LSQ's
+    initialisation and gradient scale); activation_scale: ``fixed`` (:func:`activation_eps`) or
+    ``learned`` (one parameter per activation, initialised from the first batch as LSQ does).
+    levels: ``symmetric`` or ``full`` (:func:`quantizer_for`), for weights and activations.
     """
 
     method: str = "ana"
@@ -137,6 +146,13 @@ class RunConfig:
     width: int = 16
     seed: int = 0
     alpha_end: float = 0.8
+    activation_scale: str = "fixed"
+    levels: str = "symmetric"
+
+    @property
+    def learned(self) -> bool:
+        """A learned weight or activation scale (LSQ, or a smoothed LSQ when the noise is annealed)."""
+        return self.weight_eps == "learned" or self.activation_scale == "learned"
 
     def key(self) -> str:
         """A short stable id of the configuration (all fields, seed included). A field added
@@ -160,6 +176,16 @@ class RunConfig:
         return self.method == "ana" and self.strategy == "expectation" and self.sigma == "static"
 
     def label(self) -> str:
+        suffix = ""
+        if self.levels != "symmetric":
+            suffix += f" [levels {-2 ** (self.wbits - 1)}…{2 ** (self.wbits - 1) - 1}]"
+        if self.learned:
+            which = [name for name, on in (("weights", self.weight_eps == "learned"),
+                                           ("activations", self.activation_scale == "learned")) if on]
+            suffix += f" [learned eps: {' + '.join(which)}]"
+        return self._label() + suffix
+
+    def _label(self) -> str:
         if self.method == "ana":
             parts = [self.noise, self.strategy, f"sigma {self.sigma}"]
             if self.mu == "dynamic":
@@ -182,13 +208,14 @@ def build_quantised(cfg: RunConfig, float_model: nn.Module):
     it (None for a static run)."""
     if cfg.method == "float":
         return float_model, None
-    wq, aq = quantizer_for(cfg.wbits), quantizer_for(cfg.abits)
+    wq, aq = quantizer_for(cfg.wbits, cfg.levels), quantizer_for(cfg.abits, cfg.levels)
+    act_eps = "learned" if cfg.activation_scale == "learned" else activation_eps(cfg.abits)
     if cfg.method == "ana":
         sigma0 = SIGMA0[cfg.noise]
         mu0 = -0.5 if cfg.mu == "dynamic" else 0.0
         model = convert(float_model, weight_quantizer=wq, activation_quantizer=aq, noise=cfg.noise,
                         strategy=cfg.strategy, sigma=sigma0, mu=mu0, weight_eps=cfg.weight_eps,
-                        activation_eps=activation_eps(cfg.abits), skip=FLOAT_LAYERS)
+                        activation_eps=act_eps, skip=FLOAT_LAYERS)
         ctrl = None
         if cfg.anneals:
             ctrl = NoiseController(model, cfg.epochs, schedule=cfg.schedule, window=cfg.window, power=cfg.power,
@@ -198,7 +225,7 @@ def build_quantised(cfg: RunConfig, float_model: nn.Module):
         est = ste.ana2019(wq)
         model = convert(float_model, weight_quantizer=wq, activation_quantizer=aq, noise=est.noise,
                         strategy=est.strategy, sigma=0.5, backward_noise=tuple(est.backward_noise),
-                        weight_eps=cfg.weight_eps, activation_eps=activation_eps(cfg.abits), skip=FLOAT_LAYERS)
+                        weight_eps=cfg.weight_eps, activation_eps=act_eps, skip=FLOAT_LAYERS)
         # The 2019 recipe: σ decays linearly from 0.5 to 0, one group after the other (input
         # side first), each over its slice of the training time; μ stays 0.
         from anacuda.nn import auto_groups
@@ -221,7 +248,7 @@ def build_quantised(cfg: RunConfig, float_model: nn.Module):
         raise ValueError(f"unknown method {cfg.method!r}")
     if cfg.abits:
         model = convert(model, weights=None, activations="ana", activation_quantizer=aq, noise="uniform",
-                        strategy="mode", sigma=ste_sigma(cfg.abits), activation_eps=activation_eps(cfg.abits),
+                        strategy="mode", sigma=ste_sigma(cfg.abits), activation_eps=act_eps,
                         skip=FLOAT_LAYERS, inplace=True)
     ctrl = AlphaController(model, end=cfg.alpha_end * cfg.epochs) if cfg.method == "alpha_blend" else None
     return model, ctrl

@@ -20,6 +20,14 @@ Families (the ``family`` of a run, derived from its configuration):
   against clipped-STE weights at 1, 2 and 4 bits (1 bit: binary, Larq's ste_sign), both
   fine-tuned from the float baseline of the same seed (as 1903.01061 converts a float model
   progressively), activations quantised at the same width with the clipped STE in both arms.
+- ``lsq``: does a learned scale help, and does smoothing it help? Three estimators × fixed or
+  learned scales (weights per output channel and activations per tensor, LSQ's initialisation
+  and gradient scale), from scratch, on the ternary grid and on the 2-bit grid −2 … 1: the
+  clipped STE (learned: LSQ), the 2019 ANA recipe (forward σ annealed 0.5 → 0, backward fixed at
+  the clipped STE's: learned, a smoothed LSQ that anneals into LSQ exactly) and ANA as in the CVPR
+  2022 design (uniform, expectation, σ annealed, overlapped / homogeneous, backward = forward
+  noise: learned, a smoothed LSQ that tends to LSQ only on average, scripts/lsq_smoothed.py).
+  The fixed-scale ternary runs are the baseline and ana runs of the same seeds.
 """
 
 from __future__ import annotations
@@ -34,18 +42,25 @@ from .core import RunConfig
 #: Per grid: seeds, epochs, width, and which factors it crosses.
 GRIDS: Dict[str, dict] = {
     "reduced": dict(seeds=(0, 1, 2), epochs=10, width=16, mu=("static",), schedules=("bws",), alpha_bits=(1, 2, 4),
-                    alpha_inits=("float",), alpha_ends=(0.8,)),
+                    alpha_inits=("float",), alpha_ends=(0.8,), lsq_levels=("symmetric", "full")),
     "full": dict(seeds=(0, 1, 2, 3, 4), epochs=20, width=16, mu=("static", "dynamic"), schedules=("bws",),
-                 alpha_bits=(1, 2, 4, 8), alpha_inits=("float", "scratch"), alpha_ends=(0.5, 0.8, 1.0)),
+                 alpha_bits=(1, 2, 4, 8), alpha_inits=("float", "scratch"), alpha_ends=(0.5, 0.8, 1.0),
+                 lsq_levels=("symmetric", "full")),
     # A few seconds: for tests and smoke runs.
     "tiny": dict(seeds=(0,), epochs=1, width=4, mu=("static",), schedules=("bws",), alpha_bits=(2,),
-                 alpha_inits=("float",), alpha_ends=(0.8,)),
+                 alpha_inits=("float",), alpha_ends=(0.8,), lsq_levels=("symmetric", "full")),
 }
 
-FAMILIES = ("ana", "baseline", "alpha")
+FAMILIES = ("ana", "baseline", "alpha", "lsq")
+
+#: The CVPR 2022 ANA configuration of the lsq family (the RunConfig defaults' policy).
+LSQ_ANA = dict(noise="uniform", strategy="expectation", sigma="annealed", mu="static", window="overlapped",
+               power="homogeneous", schedule="bws")
 
 
 def family(cfg: RunConfig) -> str:
+    if cfg.learned or cfg.levels != "symmetric":
+        return "lsq"
     if cfg.method == "ana":
         return "ana"
     if cfg.method == "alpha_blend" or (cfg.method == "ste" and cfg.init == "float"):
@@ -89,9 +104,21 @@ def alpha_configs(base: RunConfig, bits=(1, 2, 4), inits=("float",), ends=(0.8,)
     return out
 
 
+def lsq_configs(base: RunConfig, levels=("symmetric", "full"), bits: int = 2) -> List[RunConfig]:
+    """The lsq family: (clipped STE, ANA 2019, ANA CVPR 2022) × (fixed, learned scales) per grid."""
+    ste_, ana2019 = baseline_configs(base)
+    ana = RunConfig(**{**base.__dict__, "method": "ana", **LSQ_ANA})
+    out = []
+    for lv, est in itertools.product(levels, (ste_, ana2019, ana)):
+        fixed = RunConfig(**{**est.__dict__, "wbits": bits, "abits": bits, "levels": lv})
+        out += [fixed, RunConfig(**{**fixed.__dict__, "weight_eps": "learned", "activation_scale": "learned"})]
+    return out
+
+
 def float_config(base: RunConfig) -> RunConfig:
     """The float baseline of a seed (one per seed and width/epochs/lr/batch)."""
-    return _void(base, method="float", wbits=32, abits=32, weight_eps="-", init="scratch", alpha_end=0.8)
+    return _void(base, method="float", wbits=32, abits=32, weight_eps="-", init="scratch", alpha_end=0.8,
+                 activation_scale="fixed", levels="symmetric")
 
 
 def make_grid(name: str = "reduced", *, families=FAMILIES, seeds=None, epochs=None, include_mismatched=False,
@@ -111,10 +138,15 @@ def make_grid(name: str = "reduced", *, families=FAMILIES, seeds=None, epochs=No
     if "alpha" in families:
         configs += alpha_configs(base, g["alpha_bits"] if alpha_bits is None else alpha_bits, g["alpha_inits"],
                                  g["alpha_ends"] if alpha_ends is None else alpha_ends)
-    if name == "tiny":  # two ANA configurations and one alpha pair are enough for a smoke run
+    if "lsq" in families:
+        configs += lsq_configs(base, g["lsq_levels"])
+    if name == "tiny":  # two ANA configurations, one alpha pair and two learned scales are enough for a smoke run
         keep = [c for c in configs if c.method == "ana" and c.noise == "uniform" and c.strategy == "mode"]
+        learned = [c for c in configs if family(c) == "lsq" and c.learned]
         configs = keep[:1] + [c for c in configs if c.method == "ana" and c.noise == "normal"
                               and c.strategy == "expectation"][:1] + [c for c in configs if family(c) == "alpha"]
+        configs += [c for c in learned if c.method == "ste" and c.levels == "full"][:1]
+        configs += [c for c in learned if c.method == "ana" and c.levels == "symmetric"][:1]
         configs = [c for c in configs if family(c) in families]
     out, seen = [], set()
     for s in seeds:

@@ -11,8 +11,8 @@ import numpy as np
 
 from .figures import plot_alpha, plot_spread
 from .runner import read_rows
-from .stats import (_acc, _balanced, alpha_table, ana_cells, anova, fmt, marginals, mean_ci, seed_level_differences,
-                    spreads, static_vs_annealed)
+from .stats import (LSQ_ESTIMATORS, _acc, _balanced, alpha_table, ana_cells, anova, fmt, lsq_table, marginals, mean_ci,
+                    seed_level_differences, spreads, static_vs_annealed)
 
 
 def config_table(rows: List[dict]) -> List[dict]:
@@ -33,6 +33,8 @@ def config_table(rows: List[dict]) -> List[dict]:
 
 def preset_of(r: dict) -> str:
     """The anacuda.ste preset a grid configuration coincides with, if any."""
+    if r.get("weight_eps") == "learned" or (r.get("activation_scale") or "fixed") == "learned":
+        return "lsq" if r["method"] == "ste" else ""
     if r["method"] == "ste":
         return "ste_sign" if r["wbits"] == 1 else "clipped_ste (convert defaults)"
     if r["method"] == "ana2019":
@@ -154,12 +156,33 @@ def write_report(out: str, rows: Optional[List[dict]] = None, figures: bool = Tr
         if figures:
             figs += plot_alpha(out, at, init)
 
+    # Q3
+    lt = lsq_table(rows)
+    if lt:
+        md += ["## Learned scales: LSQ and a smoothed LSQ", "",
+               "Fixed scales: weights max|w| per output channel, activations the grid's fixed quantum. Learned: one "
+               "eps per output channel of the weights and one per activation, LSQ's initialisation and gradient "
+               "scale. Estimators: " + "; ".join(f"{f} / {l_}: {what}" for f, l_, what in LSQ_ESTIMATORS.values())
+               + ". Differences paired by seed.", "",
+               "| levels | estimator (fixed / learned) | fixed scale | learned scale | learned − fixed | "
+               "learned better in | learned − LSQ | better than LSQ in |", "|---|---|---|---|---|---|---|---|"]
+        for t in lt:
+            lv = "−1, 0, 1" if t["levels"] == "symmetric" and t["bits"] == 2 else (
+                f"−{2 ** (t['bits'] - 1)} … {2 ** (t['bits'] - 1) - 1}" if t["levels"] == "full" else
+                f"{t['levels']}, {t['bits']} bits")
+            f_, l_, _ = LSQ_ESTIMATORS[t["estimator"]]
+            d, v = t["learned_minus_fixed"], t["vs_lsq"]
+            md.append(f"| {lv} | {f_} / {l_} | {fmt(*t['fixed'][:2])} | {fmt(*t['learned'][:2])} | "
+                      f"{fmt(*d['diff'][:2])} | {d['wins']}/{d['n']} seeds | "
+                      + (f"{fmt(*v['diff'][:2])} | {v['wins']}/{v['n']} seeds |" if v else "| |"))
+        md.append("")
+
     # every configuration
     table = config_table(rows)
     md += ["## Every configuration", "",
            "| family | configuration | W/A bits | init | preset | accuracy | float | seeds | s/run |",
            "|---|---|---|---|---|---|---|---|---|"]
-    order = {"baseline": 0, "ana": 1, "alpha": 2}
+    order = {"baseline": 0, "ana": 1, "alpha": 2, "lsq": 3}
     for t in sorted(table, key=lambda t: (order.get(t["family"], 3), -t["acc"][0])):
         label = t["label"] + (" **(train ≠ deploy)**" if t["mismatch"] else "")
         md.append(f"| {t['family']} | {label} | {t['wbits']}/{t['abits']} | {t['init']} | {preset_of(t['rows'][0])} | "

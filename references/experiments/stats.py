@@ -61,12 +61,20 @@ def policy(r) -> str:
     return f"{r['window']}/{r['power']}"
 
 
+def _design(r) -> bool:
+    """A run of the CVPR 2022 design proper: fixed scales, the symmetric ternary grid (the lsq
+    family's learned scales and 2-bit grid stay out of its analysis)."""
+    return (r.get("weight_eps") != "learned" and (r.get("activation_scale") or "fixed") == "fixed"
+            and (r.get("levels") or "symmetric") == "symmetric" and r["wbits"] == 2 and r["abits"] == 2)
+
+
 # --- the synchronisation question ---------------------------------------------------------------
 def ana_cells(rows: List[dict], mu: str = "static") -> Dict[tuple, List[float]]:
     """(noise, strategy, policy) → accuracies over seeds, for the annealed-σ ANA runs."""
     cells = defaultdict(list)
     for r in rows:
-        if r["method"] == "ana" and r["sigma"] == "annealed" and r["mu"] == mu and r["quant_acc"] is not None:
+        if (r["method"] == "ana" and r["sigma"] == "annealed" and r["mu"] == mu and r["quant_acc"] is not None
+                and _design(r)):
             cells[(r["noise"], r["strategy"], policy(r))].append(_acc(r))
     return cells
 
@@ -212,7 +220,8 @@ def static_vs_annealed(rows: List[dict], mu: str = "static") -> List[dict]:
     annealed policy."""
     static, annealed = defaultdict(dict), defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["method"] != "ana" or r["mu"] != mu or r["quant_acc"] is None or r.get("deploy_mismatch"):
+        if (r["method"] != "ana" or r["mu"] != mu or r["quant_acc"] is None or r.get("deploy_mismatch")
+                or not _design(r)):
             continue
         if r["sigma"] == "static":
             static[(r["noise"], r["strategy"])][r["seed"]] = _acc(r)
@@ -255,4 +264,66 @@ def alpha_table(rows: List[dict], init: str = "float") -> List[dict]:
         out.append(dict(bits=bits, alpha_end=end, ab=mean_ci(list(a.values())), ste=mean_ci(list(s_.values())),
                         diff=mean_ci(diff), wins=sum(d > 0 for d in diff), ties=sum(d == 0 for d in diff),
                         n=len(seeds), seeds=seeds))
+    return out
+
+
+# --- learned scales (the lsq family) --------------------------------------------------------------
+#: The lsq family's estimators: (name with a fixed scale, name with a learned one, what it is).
+LSQ_ESTIMATORS = {
+    "ste": ("clipped STE", "LSQ", "uniform σ 0.5, mode, never annealed"),
+    "ana2019": ("ANA 2019", "smoothed LSQ → LSQ",
+                "forward σ 0.5 → 0 (uniform, expectation), backward fixed at the clipped STE's"),
+    "ana": ("ANA (CVPR 2022)", "smoothed LSQ, backward = forward",
+            "uniform, expectation, σ 0.5 → 0, overlapped / homogeneous, backward = forward noise"),
+}
+
+
+def _lsq_estimator(r) -> Optional[str]:
+    """The lsq family's estimator a row is, or None."""
+    from .grid import LSQ_ANA
+
+    if r["init"] != "scratch" or r["wbits"] != r["abits"] or r["quant_acc"] is None:
+        return None
+    if r["method"] in ("ste", "ana2019"):
+        return r["method"]
+    if r["method"] == "ana" and all(r[k] == v for k, v in LSQ_ANA.items()):
+        return "ana"
+    return None
+
+
+def lsq_cells(rows: List[dict]) -> Dict[tuple, Dict[int, float]]:
+    """(levels, bits, estimator, scale) → {seed: accuracy}; scale is "fixed" or "learned" (weights
+    and activations both learned); rows that learn only one of them are left out."""
+    cells: Dict[tuple, Dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        est = _lsq_estimator(r)
+        if est is None:
+            continue
+        w, a = r.get("weight_eps") == "learned", (r.get("activation_scale") or "fixed") == "learned"
+        if w != a:
+            continue
+        cells[(r.get("levels") or "symmetric", r["wbits"], est, "learned" if w else "fixed")][r["seed"]] = _acc(r)
+    return cells
+
+
+def _paired(a: Dict[int, float], b: Dict[int, float]) -> dict:
+    seeds = sorted(set(a) & set(b))
+    diff = [a[s] - b[s] for s in seeds]
+    return dict(diff=mean_ci(diff), wins=sum(d > 0 for d in diff), n=len(seeds))
+
+
+def lsq_table(rows: List[dict]) -> List[dict]:
+    """Per grid and estimator: fixed against learned scales, paired by seed; and per grid, each
+    smoothed LSQ against LSQ, paired by seed (``vs_lsq``)."""
+    cells = lsq_cells(rows)
+    out = []
+    for levels, bits in sorted({k[:2] for k in cells}, key=lambda k: (k[0] != "symmetric", k[1])):
+        lsq = cells.get((levels, bits, "ste", "learned"), {})
+        for est in LSQ_ESTIMATORS:
+            fixed, learned = cells.get((levels, bits, est, "fixed"), {}), cells.get((levels, bits, est, "learned"), {})
+            if not fixed and not learned:
+                continue
+            out.append(dict(levels=levels, bits=bits, estimator=est, fixed=mean_ci(list(fixed.values())),
+                            learned=mean_ci(list(learned.values())), learned_minus_fixed=_paired(learned, fixed),
+                            vs_lsq=_paired(learned, lsq) if est != "ste" and learned and lsq else None))
     return out
