@@ -92,8 +92,8 @@ def _find_heads(model: nn.Module, head) -> List[str]:
         return tied
     inside = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
     blocked = [n for n, m in model.named_modules() if isinstance(m, inside)]
-    last = [n for n, m in model.named_modules() if isinstance(m, linear_types)
-            and not any(n.startswith(b + ".") for b in blocked)]
+    last = [n for n, m in model.named_modules() if isinstance(m, linear_types) and n  # a lone Linear is no head
+            and not any(b == "" or n.startswith(b + ".") for b in blocked)]
     return last[-1:]
 
 
@@ -124,53 +124,64 @@ def convert_transformer(model: nn.Module, recipe: str, *, head: Union[str, List[
         return new.train(m.training)
 
     def quantised_inputs(name: str, projections):
-        if act_bits is not None:
-            for p in projections:
-                report.activations_quantised[f"{name}.{p}.input_quant"] = f"the input of {name}.{p}: {act_what}"
+        """Notes the input quantisers of the layers `projections` (names inside `name`; [] for name)."""
+        for p in (projections or [""]) if act_bits is not None else []:
+            layer = ".".join(n for n in (name, p) if n)
+            report.activations_quantised[f"{layer}.input_quant"] = f"the input of {layer}: {act_what}"
+
+    def replacement(name: str, m: nn.Module) -> Optional[nn.Module]:
+        """The module that replaces m; m itself where it stays as it is (in the report); None
+        where the modules inside it are to be looked at."""
+        kind = type(m).__name__
+        if any((isinstance(s, type) and isinstance(m, s)) or
+               (isinstance(s, str) and (name == s or name.startswith(s + "."))) for s in skip):
+            report.kept_float[name] = f"{kind}: in skip"
+            return m
+        if name in heads:
+            report.kept_float[name] = f"{kind}: the output head (head=None or head=[] converts it)"
+            return m
+        if isinstance(m, _QUANTISED):
+            report.converted[name] = f"{kind}: already quantised, left as it is"
+            return m
+        if isinstance(m, nn.MultiheadAttention):
+            if type(m).forward is not nn.MultiheadAttention.forward:
+                report.kept_float[name] = f"{kind}: overrides MultiheadAttention.forward, which convert cannot keep"
+                cannot.append(f"{name or '(model)'} ({kind})")
+                return m
+            new = TernaryMultiheadAttention.from_float(m, layer_cls, **options)
+            quantised_inputs(name, ["in_proj_quant"] if new._qkv_same_embed_dim else
+                             ["q_proj_quant", "k_proj_quant", "v_proj_quant"])
+            quantised_inputs(name, ["out_proj"])
+            report.converted[name] = (f"{kind} -> TernaryMultiheadAttention (in-projection and out_proj "
+                                      f"{layer_cls.__name__})")
+            return new
+        if isinstance(m, nn.Linear) or (conv1d is not None and isinstance(m, conv1d)):
+            forward = nn.Linear.forward if isinstance(m, nn.Linear) else conv1d.forward
+            if type(m).forward is not forward:
+                report.kept_float[name] = f"{kind}: overrides {forward.__qualname__}, which convert cannot keep"
+                cannot.append(f"{name or '(model)'} ({kind})")
+                return m
+            new = new_linear(m, transposed=not isinstance(m, nn.Linear))
+            report.converted[name] = f"{kind} -> {layer_cls.__name__}" + (
+                " (weight transposed)" if not isinstance(m, nn.Linear) else "")
+            quantised_inputs(name, [])
+            return new
+        return None
 
     def visit(prefix: str, parent: nn.Module):
         for child_name, child in list(parent.named_children()):
             name = f"{prefix}.{child_name}" if prefix else child_name
-            kind = type(child).__name__
-            if any((isinstance(s, type) and isinstance(child, s)) or
-                   (isinstance(s, str) and (name == s or name.startswith(s + "."))) for s in skip):
-                report.kept_float[name] = f"{kind}: in skip"
-                continue
-            if name in heads:
-                report.kept_float[name] = f"{kind}: the output head (head=None or head=[] converts it)"
-                continue
-            if isinstance(child, _QUANTISED):
-                report.converted[name] = f"{kind}: already quantised, left as it is"
-                continue
-            new = None
-            if isinstance(child, nn.MultiheadAttention):
-                if type(child).forward is not nn.MultiheadAttention.forward:
-                    report.kept_float[name] = f"{kind}: overrides MultiheadAttention.forward, which convert cannot keep"
-                    cannot.append(f"{name} ({kind})")
-                    continue
-                new = TernaryMultiheadAttention.from_float(child, layer_cls, **options)
-                quantised_inputs(name, ["in_proj_quant"] if new._qkv_same_embed_dim else
-                                 ["q_proj_quant", "k_proj_quant", "v_proj_quant"])
-                quantised_inputs(name, ["out_proj"])
-                report.converted[name] = (f"{kind} -> TernaryMultiheadAttention (in-projection and out_proj "
-                                          f"{layer_cls.__name__})")
-            elif isinstance(child, nn.Linear) or (conv1d is not None and isinstance(child, conv1d)):
-                forward = nn.Linear.forward if isinstance(child, nn.Linear) else conv1d.forward
-                if type(child).forward is not forward:
-                    report.kept_float[name] = f"{kind}: overrides {forward.__qualname__}, which convert cannot keep"
-                    cannot.append(f"{name} ({kind})")
-                    continue
-                new = new_linear(child, transposed=not isinstance(child, nn.Linear))
-                report.converted[name] = f"{kind} -> {layer_cls.__name__}" + (
-                    " (weight transposed)" if not isinstance(child, nn.Linear) else "")
-                if act_bits is not None:
-                    report.activations_quantised[f"{name}.input_quant"] = f"the input of {name}: {act_what}"
-            else:
+            new = replacement(name, child)
+            if new is None:
                 visit(name, child)
-                continue
-            setattr(parent, child_name, new)
+            elif new is not child:
+                setattr(parent, child_name, new)
 
-    visit("", model)
+    root = replacement("", model)
+    if root is None:
+        visit("", model)
+    else:
+        model = root
     for m in model.modules():
         if any(isinstance(q, _QUANTISED) for q in m.modules()):
             disable_fast_path(m)
@@ -194,7 +205,8 @@ def account_for_the_rest(model: nn.Module, report: ConversionReport, act_note: s
         if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not isinstance(
                 m.activation, nn.Module):
             fn = getattr(m.activation, "__name__", repr(m.activation))
-            report.activations_left[f"{name}.activation"] = f"{fn} (a function): in float; {act_note}"
+            report.activations_left[f"{name}.activation" if name else "activation"] = (
+                f"{fn} (a function): in float; {act_note}")
         if _is_activation(m):
             report.activations_left[name] = f"{type(m).__name__}: in float; {act_note}"
             continue
