@@ -282,8 +282,19 @@ def test_bad_arguments():
         anacuda.convert(m, recipe="bitnet_ana", linear_options={"weight_scale": "twn"})
     with pytest.raises(TypeError, match="linear_options"):
         anacuda.convert(m, recipe="bitnet_ana", sigma=0.1, linear_options={"sigma": 0.2})
+    with pytest.raises(TypeError, match="head"):
+        anacuda.convert(m, recipe="bitnet", head=3)
     with pytest.raises(TypeError, match="report"):
         anacuda.convert(m, recipe="bitnet", report="yes")
+
+
+def test_default_recipe_reports_too():
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    q, report = anacuda.convert(cnn, skip=["3"], report=True)
+    assert report.converted == {"0": "Conv2d -> ANAConv2d", "1": "ReLU -> ANAActivation"}
+    assert report.activations_quantised == {"1": "ReLU -> ANAActivation"}
+    assert report.kept_float == {"3": "Linear: in skip"}
+    assert isinstance(anacuda.convert(cnn), nn.Sequential)  # without report=True: the model, as before
 
 
 # --- Hugging Face transformers: GPT-2 (Conv1D) and Llama, from small configs --------------------------

@@ -75,6 +75,9 @@ def _find_heads(model: nn.Module, head) -> List[str]:
     if isinstance(head, str) and head != "auto":
         head = [head]
     if not isinstance(head, str):
+        if not isinstance(head, (list, tuple)):
+            raise TypeError(f"anacuda.convert: head must be 'auto', None, a module name or a list of them, got "
+                            f"{type(head).__name__}")
         head = list(head)
         bad = [h for h in head if not isinstance(h, str) or h not in names]
         if bad:
