@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -126,7 +126,8 @@ def convert(
         return _convert_transformer(model, recipe, shared, skip, head, linear_options, inplace, report, dict(
             weights=weights != "ana", activations=activations != "ana", weight_quantizer=weight_quantizer,
             activation_quantizer=activation_quantizer, weight_eps=weight_eps, activation_eps=activation_eps,
-            weight_config=weight_config, activation_config=activation_config, alpha=alpha != 0.0))
+            weight_config=weight_config, activation_config=activation_config,
+            alpha=not (isinstance(alpha, (int, float)) and alpha == 0)))
     if head != "auto" or linear_options is not None:
         raise TypeError("anacuda.convert: head and linear_options are for the transformer recipes (recipe='bitnet' "
                         "or 'bitnet_ana')")

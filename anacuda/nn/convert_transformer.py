@@ -10,7 +10,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
-import torch
 from torch import nn
 
 from .activation import NoiseHyperParams
