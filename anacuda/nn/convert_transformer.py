@@ -5,6 +5,7 @@ embeddings, norms and the output head stay in float; a ConversionReport says wha
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -106,13 +107,14 @@ def convert_transformer(model: nn.Module, recipe: str, *, head: Union[str, List[
     layer_cls = RECIPES[recipe]
     options = dict(linear_options or {})
     options.setdefault("norm", False)  # a new RMSNorm would change the function the weights were trained for
-    layer_cls(2, 2, True, **options)  # bad options fail now, whatever the model holds
+    proto = layer_cls(2, 2, True, **options)  # bad options fail now, whatever the model holds
     model = model if inplace else copy.deepcopy(model)
     heads = _find_heads(model, head)
     conv1d = _conv1d_class()
     report = ConversionReport(recipe=recipe)
-    act_bits = options.get("activation_bits", 8)
-    act_what = f"{act_bits}-bit, absmax per token"
+    a = proto.input_quant  # None: activation_bits=None
+    act_bits = None if a is None else round(math.log2(a.quantizer.levels.numel()))
+    act_what = None if a is None else f"{act_bits}-bit, {a.rule.replace('_', ' ')}"
     cannot: List[str] = []  # what a user would expect converted, and convert cannot
 
     def new_linear(m: nn.Module, transposed: bool) -> TernaryLinear:
@@ -216,7 +218,7 @@ def account_for_the_rest(model: nn.Module, report: ConversionReport, act_note: s
         if not own:
             continue
         kind = type(m).__name__
-        if isinstance(m, nn.Embedding):
+        if isinstance(m, nn.Embedding) or kind.endswith(("Embedding", "Embeddings")):
             report.kept_float[name] = f"{kind}: an embedding (a table lookup; anacuda has no quantised embedding)"
         elif isinstance(m, _NORMS) or kind.endswith("Norm"):
             report.kept_float[name] = f"{kind}: a normalisation (kept in float, as BitNet keeps it)"
