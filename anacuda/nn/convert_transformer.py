@@ -187,7 +187,8 @@ def convert_transformer(model: nn.Module, recipe: str, *, head: Union[str, List[
     else:
         model = root
     for m in model.modules():
-        if any(isinstance(q, _QUANTISED) for q in m.modules()):
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerEncoder)) and any(
+                isinstance(q, _QUANTISED) for q in m.modules()):
             disable_fast_path(m)
     note = ("not quantised anywhere (activation_bits=None)" if act_bits is None else
             f"its output is quantised ({act_what}) where it enters a converted Linear")
