@@ -1,8 +1,10 @@
 """Drop-in quantised layers, model conversion, annealing controllers and freezing."""
 
 from .activation import ANAActivation
+from .attention import TernaryMultiheadAttention
 from .controller import AlphaController, Decay, NoiseController, auto_groups
 from .convert import convert, quantised_modules
+from .convert_transformer import ConversionReport
 from .freeze import FrozenConv, FrozenLinear, HardQuantizer, freeze
 from .layers import (ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv1d, AlphaBlendConv2d,
                      AlphaBlendConv3d, AlphaBlendLinear)
@@ -11,4 +13,5 @@ from .ternary import BitLinear, DynamicScaleANA, TernaryLinear
 __all__ = ["ANAActivation", "ANALinear", "ANAConv1d", "ANAConv2d", "ANAConv3d", "AlphaBlendLinear",
            "AlphaBlendConv1d", "AlphaBlendConv2d", "AlphaBlendConv3d", "convert", "NoiseController",
            "AlphaController", "Decay", "auto_groups", "freeze", "FrozenLinear", "FrozenConv", "HardQuantizer",
-           "quantised_modules", "TernaryLinear", "BitLinear", "DynamicScaleANA"]
+           "quantised_modules", "TernaryLinear", "BitLinear", "DynamicScaleANA", "TernaryMultiheadAttention",
+           "ConversionReport"]

@@ -1,9 +1,11 @@
 """anacuda.convert: an existing PyTorch model, with its activations and weight layers replaced
-by their quantised counterparts, keeping the trained weights and biases."""
+by their quantised counterparts, keeping the trained weights and biases. CNNs by default;
+transformers with ``recipe=`` (anacuda.nn.convert_transformer)."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
@@ -13,6 +15,7 @@ from .. import scale
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
 from .activation import ANAActivation
+from .convert_transformer import RECIPES, ConversionReport, account_for_the_rest, convert_transformer, warn_float
 from .layers import (ANAConv1d, ANAConv2d, ANAConv3d, ANALinear, AlphaBlendConv1d, AlphaBlendConv2d,
                      AlphaBlendConv3d, AlphaBlendLinear, check_weight_args)
 
@@ -41,6 +44,7 @@ def _weight_layer(m: nn.Module, cls, **quant):
 def convert(
     model: nn.Module,
     *,
+    recipe: Optional[str] = None,
     weights: Optional[str] = "ana",
     activations: Optional[str] = "ana",
     weight_quantizer: Optional[Quantizer] = None,
@@ -56,8 +60,11 @@ def convert(
     activation_config: Optional[ANAConfig] = None,
     alpha: Param = 0.0,
     skip: Iterable[Union[str, type]] = (),
+    head: Union[str, Sequence[str], None] = "auto",
+    linear_options: Optional[dict] = None,
     inplace: bool = False,
-) -> nn.Module:
+    report: bool = False,
+):
     """Returns `model` with ReLU/ReLU6/Hardtanh replaced by ANAActivation and Linear/Conv1d/2d/3d
     by ANA layers (``weights="ana"``) or alpha-blending layers (``weights="alpha_blend"``);
     ``weights=None`` / ``activations=None`` leave those alone.
@@ -72,7 +79,35 @@ def convert(
     names (as in ``model.named_modules()``, a prefix skips a whole subtree) or module types to
     keep in float, e.g. ``skip=["conv1", "fc"]`` for the first and last layer of a ResNet. The
     model is deep copied unless ``inplace=True``.
+
+    Transformers: ``recipe="bitnet"`` makes every Linear layer (subclasses included, Hugging Face's
+    Conv1D with its weight transposed, and the projections of torch.nn.MultiheadAttention, which
+    becomes TernaryMultiheadAttention) a BitLinear: BitNet b1.58's ternary absmean weights and 8-bit
+    per-token absmax inputs, hard forward, unclipped STE. ``recipe="bitnet_ana"``: TernaryLinear,
+    the same quantisers trained with ANA; `noise`, `strategy`, `mu`, `sigma` and `backward_noise`
+    configure it (TernaryLinear's defaults otherwise). `linear_options`: further keyword
+    arguments of the layer (``weight_scale``, ``activation_bits``, ``activation_sigma``, ...;
+    ``norm=True`` adds BitNet's RMSNorm in front of each layer, off by default as it changes the
+    function the weights were trained for). Weights and biases are the model's own Parameter
+    objects (Conv1D's: a transposed copy), so tied weights stay tied. Activation functions (GELU,
+    SiLU, ...) stay as they are: what they output is quantised where it enters a converted
+    Linear (its input_quant), as in BitNet. Embeddings, norms and the output head stay in float:
+    ``head="auto"`` finds the head (a Hugging Face model's output embeddings, else a Linear tied
+    to an embedding, else the last Linear outside attention and transformer layers), a name or
+    list of names gives it, ``head=None`` converts it too. torch's fused TransformerEncoder
+    (Layer) fast path is switched off on converted layers, so that nothing runs in float.
+
+    Returns the converted model, or ``(model, report)`` with ``report=True``: a ConversionReport
+    of what was converted, what stays in float and why, and which activations are quantised.
+    Weights a user would expect quantised that convert cannot convert (a Linear subclass with its
+    own forward, a raw weight Parameter, a convolution under a recipe, and for the default
+    recipe MultiheadAttention and Linear subclasses) are named in a warning, as are activation
+    functions the default recipe leaves in float; `skip` silences the warning for weights.
     """
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"anacuda.convert: recipe must be None (CNNs) or one of {sorted(RECIPES)}, got {recipe!r}")
+    if not isinstance(report, bool):
+        raise TypeError(f"anacuda.convert: report must be a bool, got {type(report).__name__}")
     if weights not in ("ana", "alpha_blend", None):
         raise ValueError(f"anacuda.convert: weights must be 'ana', 'alpha_blend' or None, got {weights!r}")
     if activations not in ("ana", None):
@@ -90,6 +125,15 @@ def convert(
     if unknown:
         raise ValueError(f"anacuda.convert: skip names {unknown} are not modules of the model")
     shared = dict(noise=noise, strategy=strategy, mu=mu, sigma=sigma, backward_noise=backward_noise)
+    if recipe is not None:
+        return _convert_transformer(model, recipe, shared, skip, head, linear_options, inplace, report, dict(
+            weights=weights != "ana", activations=activations != "ana", weight_quantizer=weight_quantizer,
+            activation_quantizer=activation_quantizer, weight_eps=weight_eps, activation_eps=activation_eps,
+            weight_config=weight_config, activation_config=activation_config,
+            alpha=not (isinstance(alpha, (int, float)) and alpha == 0)))
+    if head != "auto" or linear_options is not None:
+        raise TypeError("anacuda.convert: head and linear_options are for the transformer recipes (recipe='bitnet' "
+                        "or 'bitnet_ana')")
     if (weight_config is not None or activation_config is not None) and any(v is not None for v in shared.values()):
         raise TypeError("anacuda.convert: with weight_config or activation_config, pass noise, strategy, mu, sigma "
                         "and backward_noise in the configs, not as keywords; got "
@@ -118,20 +162,64 @@ def convert(
                    (isinstance(s, str) and (name == s or name.startswith(s + "."))) for s in skip)
 
     model = model if inplace else copy.deepcopy(model)
+    rep = ConversionReport()
     for name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if skipped(full, child):
+                if not any(full.startswith(k + ".") for k in rep.kept_float):
+                    rep.kept_float[full] = f"{type(child).__name__}: in skip"
                 continue
             new = None
             if activations and type(child) in ACTIVATIONS:
                 new = ANAActivation(config=acfg)
                 new.to(_device_of(model)).train(child.training)
+                rep.activations_quantised[full] = f"{type(child).__name__} -> ANAActivation"
             elif weights and type(child) in table:
                 new = _weight_layer(child, table[type(child)], **quant)
             if new is not None:
+                rep.converted[full] = f"{type(child).__name__} -> {type(new).__name__}"
                 setattr(parent, child_name, new)
-    return model
+    _warn_cnn(model, rep, weights, activations)
+    return (model, rep) if report else model
+
+
+def _warn_cnn(model: nn.Module, rep: ConversionReport, weights, activations) -> None:
+    """The default recipe converts exact types only: say what a transformer holds that it leaves
+    in float (MultiheadAttention, Linear subclasses, GELU, SiLU, ...), and where to go instead."""
+    unexpected = account_for_the_rest(model, rep, "convert replaces ReLU, ReLU6 and Hardtanh only "
+                                      "(recipe='bitnet' quantises the inputs of Linear layers)")
+    hint = ("for transformers, convert(model, recipe='bitnet') or recipe='bitnet_ana' quantises them "
+            "(and the inputs of every Linear)")
+    if weights and unexpected:
+        warn_float(unexpected + [hint], stacklevel=3)
+    if activations and rep.activations_left:
+        warnings.warn(f"anacuda.convert: these activations stay in float: {sorted(rep.activations_left)} (convert "
+                      f"replaces ReLU, ReLU6 and Hardtanh); {hint}.", stacklevel=3)
+
+
+def _convert_transformer(model, recipe, shared, skip, head, linear_options, inplace, report, cnn_args):
+    given = sorted(k for k, v in cnn_args.items() if v is not None and v is not False)
+    if given:
+        raise TypeError(f"anacuda.convert: {given} are for the default recipe (CNNs), not recipe={recipe!r}; "
+                        "configure the ternary layers with noise, strategy, mu, sigma, backward_noise and "
+                        "linear_options")
+    if linear_options is not None and not isinstance(linear_options, dict):
+        raise TypeError(f"anacuda.convert: linear_options must be a dict, got {type(linear_options).__name__}")
+    options = dict(linear_options or {})
+    noise_args = {k: v for k, v in shared.items() if v is not None}
+    if noise_args and recipe == "bitnet":
+        raise TypeError(f"anacuda.convert: recipe='bitnet' is BitNet's fixed recipe (sigma = 0, unclipped STE); "
+                        f"got {sorted(noise_args)}: use recipe='bitnet_ana' to train with ANA")
+    clash = sorted(set(noise_args) & set(options))
+    if clash:
+        raise TypeError(f"anacuda.convert: {clash} given both as keywords and in linear_options")
+    options.update(noise_args)
+    model, rep, cannot = convert_transformer(model, recipe, head=head, skip=skip, linear_options=options,
+                                             inplace=inplace)
+    if cannot:
+        warn_float(cannot, stacklevel=3)
+    return (model, rep) if report else model
 
 
 def _device_of(model: nn.Module) -> torch.device:

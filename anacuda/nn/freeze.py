@@ -14,6 +14,7 @@ from torch import nn
 from ..export.packing import CODES_PER_BYTE, pack2, unpack2
 from .activation import ANAActivation
 from .layers import AlphaBlendWeight, ANAWeight
+from .ternary import DynamicScaleANA
 
 
 def _code_dtype(n: int) -> torch.dtype:
@@ -142,7 +143,9 @@ def freeze(model: nn.Module) -> nn.Module:
     `model`; it is in eval mode and exports with torch.export and anacuda.export."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"anacuda.freeze: model must be a torch.nn.Module, got {type(model).__name__}")
-    if not any(isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation)) for m in model.modules()):
+    # DynamicScaleANA: the quantisers of TernaryLinear / BitLinear / TernaryMultiheadAttention, left
+    # as they are (in eval mode they are already the hard network).
+    if not any(isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation, DynamicScaleANA)) for m in model.modules()):
         raise ValueError("anacuda.freeze: the model has no anacuda layers to freeze (convert it with anacuda.convert "
                          "and train it first)")
     model = copy.deepcopy(model).eval()
