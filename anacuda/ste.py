@@ -379,8 +379,10 @@ def lsq(quantizer: Quantizer) -> Estimator:
     so passes the input's gradient and gives ``round(u) − u`` for the scale.
 
     LSQ's gradient scale ``1 / sqrt(N · q_K)`` belongs to the layer that owns the parameter
-    (SPEC §8), not to this preset. Any other noise with a learned eps is a smoothed LSQ, which
-    becomes this one as σ → 0.
+    (SPEC §8), not to this preset. Any other noise with a learned eps is a smoothed LSQ. As σ → 0
+    it becomes this one at every u away from the thresholds when its backward noise stays the
+    clipped STE's (uniform σ_b = ½, as in :func:`ana2019`); with the backward noise equal to the
+    forward one, only on average over each step (docs/lsq_smoothed.png, tests/test_lsq_smoothed.py).
     """
     _check_unit_grid(quantizer, "lsq", "LSQ is the clipped STE with a learned step, defined on such a grid")
     return dataclasses.replace(
