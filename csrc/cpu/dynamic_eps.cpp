@@ -21,18 +21,19 @@ constexpr int kLanes = 8;
 
 template <typename scalar_t, typename R> typename R::acc_t chunk_partial(const scalar_t* x, int64_t n) {
   using T = at::opmath_type<scalar_t>;
-  if constexpr (R::kMax) {  // the max: NaN noted apart, so that the loop vectorises
-    T lane[kLanes] = {};
-    int nan = 0;
+  if constexpr (R::kMax) {  // the max: NaN noted apart in lanes of T, so that the loop vectorises
+    T lane[kLanes] = {}, nan[kLanes] = {};
     int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes)
       for (int j = 0; j < kLanes; ++j) {
         const T a = R::element(static_cast<T>(x[i + j]));
-        nan |= a != a;
-        lane[j] = a > lane[j] ? a : lane[j];
+        nan[j] = a != a ? T(1) : nan[j];
+        lane[j] = std::max(lane[j], a);  // a NaN a keeps lane[j]: it is noted in nan[j]
       }
     for (int j = 0; i < n; ++i, ++j) lane[j] = R::combine(lane[j], R::element(static_cast<T>(x[i])));
-    T r = nan ? std::numeric_limits<T>::quiet_NaN() : lane[0];
+    T any_nan = T(0);
+    for (int j = 0; j < kLanes; ++j) any_nan += nan[j];
+    T r = any_nan != T(0) ? std::numeric_limits<T>::quiet_NaN() : lane[0];
     for (int j = 1; j < kLanes; ++j) r = R::combine(r, lane[j]);
     return r;
   }
