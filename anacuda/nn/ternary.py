@@ -5,12 +5,10 @@ TernaryLinear: ternary weights with a dynamic absmean scale (one per tensor by d
 output channel as an option), 8-bit activations with a dynamic absmax scale per token on its
 input, and an optional RMSNorm in front (BitNet's SubLN). Both quantisers are DynamicScaleANA
 modules: ANA with any noise and strategy (SPEC §4, §5), μ and σ kept as buffers that a
-NoiseController anneals, and the scale computed from the input on every call (SPEC §9).
-BitLinear: BitNet b1.58's recipe — the hard forward (σ = 0) with the unclipped STE.
-
-Until the op computes the dynamic scales itself and offers the "identity" backward (issue 14),
-both are done here in Python: `dynamic_eps` (the scale, detached) and `straight_through`
-(BitNet's detach trick). Each is one small function, so that the op replaces it in one place.
+NoiseController anneals, and the scale computed by the op from the input in the same call
+(``anacuda.functional.ana(x, ..., eps=rule)``, SPEC §9).
+BitLinear: BitNet b1.58's recipe — the hard forward (σ = 0) with the unclipped STE (the op's
+``backward_noise="identity"``, SPEC §5).
 """
 
 from __future__ import annotations
@@ -23,36 +21,12 @@ from torch import nn
 
 from .. import functional as F
 from ..config import ANAConfig
-from ..quantizer import SCALE_FLOOR, Param, Quantizer, compute_dtype
+from ..quantizer import IDENTITY, Param, Quantizer, grid_reach
 from ..quantizer import SCALE_RULES as _RULES
-from ..scale import _top
 from .activation import NoiseHyperParams
 
 #: The rules of SPEC §9 (channel = dim 0): eps = max(r(|x|), SCALE_FLOOR) / c; anacuda.quantizer's.
 SCALE_RULES = tuple(_RULES)
-IDENTITY = "identity"  # the unclipped STE as a backward "noise" (SPEC §5)
-
-
-def dynamic_eps(x: torch.Tensor, rule: str, quantizer: Quantizer) -> torch.Tensor:
-    """eps = max(r(|x|), 1e-5) / c (SPEC §9), detached, broadcastable to x, in the compute dtype
-    (float32 for half types). c: the largest magnitude the grid reaches on both sides of 0 (127
-    for 8-bit, 1 for ternary). An all-zero group gets eps = 1e-5 / c and quantises to 0."""
-    a = x.detach().abs().to(compute_dtype(x.dtype))
-    if rule == "absmax_per_token":
-        r = a.amax(dim=-1, keepdim=True)
-    elif rule in ("absmean", "absmax"):
-        r = a.mean() if rule == "absmean" else a.amax()
-    else:  # per output channel: one value per slice along dim 0
-        flat = a.reshape(a.shape[0], -1)
-        r = (flat.mean(dim=1) if rule == "absmean_per_channel" else flat.amax(dim=1))
-        r = r.reshape((-1,) + (1,) * (a.dim() - 1))
-    return r.clamp(min=SCALE_FLOOR) / _top(quantizer)
-
-
-def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The value q with the gradient of the identity: BitNet's unclipped STE, written as its
-    public code writes it. (The "identity" backward noise of the op will replace it.)"""
-    return x + (q - x).detach()
 
 
 def _check_rule(rule) -> str:
@@ -76,11 +50,16 @@ class DynamicScaleANA(NoiseHyperParams):
                  strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None):
         super().__init__()
         self.rule = _check_rule(rule)
+        # "identity" is kept out of the buffers (it has no μ_b, σ_b) and handed to the op by name.
         self.identity_backward = isinstance(backward_noise, str) and backward_noise == IDENTITY
         self._setup_noise(ANAConfig(Quantizer.uniform(8, signed=True) if quantizer is None else quantizer, noise,
                                     strategy, mu, sigma,
                                     backward_noise=None if self.identity_backward else backward_noise))
-        _top(self.quantizer)  # a grid with no level away from 0 has no scale: fail now, not in forward
+        grid_reach(self.quantizer)  # a grid with no level above 0 has no scale: fail now, not in forward
+
+    def _note_sigma(self, sigma, name=None) -> None:
+        super()._note_sigma(sigma, name)
+        self._no_gradient = self._no_gradient and not self.identity_backward  # identity: always a gradient
 
     def _needed_dims(self) -> int:
         return 2 if self.rule == "absmax_per_token" else (1 if self.rule.endswith("_per_channel") else 0)
@@ -93,19 +72,9 @@ class DynamicScaleANA(NoiseHyperParams):
             what = "tokens and features, shape (..., tokens, features)" if need == 2 else "a channel dimension"
             raise ValueError(f"anacuda.DynamicScaleANA: the scale rule {self.rule!r} needs {what}; got a "
                              f"{x.dim()}-d input of shape {tuple(x.shape)}")
-        if x.numel() == 0:  # nothing to scale (a mean over nothing would be NaN)
-            return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, 1.0,
-                         self._backward_noise())
-        if self.identity_backward:
-            return straight_through(x, self._quantise(x.detach(), None))
-        return self._quantise(x, self._backward_noise())
-
-    def _quantise(self, x: torch.Tensor, backward_noise) -> torch.Tensor:
-        eps = dynamic_eps(x, self.rule, self.quantizer)
-        finite = torch.isfinite(eps)
-        y = F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training,
-                  torch.where(finite, eps, 1.0), backward_noise)
-        return torch.where(finite, y, float("nan"))
+        self._warn_if_no_gradient(x.requires_grad, "what comes before it gets no gradient through it")
+        return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.rule,
+                     IDENTITY if self.identity_backward else self._backward_noise())
 
     def extra_repr(self) -> str:
         s = f"rule={self.rule}, {self._noise_repr()}"
