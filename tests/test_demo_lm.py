@@ -1,5 +1,6 @@
 """The language-model demo (python3 -m examples.demo_lm), in its tiny form."""
 
+import json
 import math
 
 import pytest
@@ -50,8 +51,10 @@ def test_three_runs_share_initialisation_and_differ_in_linear_layers(corpus):
     assert isinstance(models["float"].head, torch.nn.Linear) and type(models["ana"].head) is torch.nn.Linear
 
 
-def test_tiny_demo_prints_three_results(capsys, restore_threads):
-    res = D.main(["--size", "tiny", "--steps", "12", "--no-progress", "--sample", "20", "--seed", "1"])
+def test_tiny_demo_prints_three_results(capsys, restore_threads, tmp_path):
+    path = tmp_path / "results" / "seed1.json"
+    res = D.main(["--size", "tiny", "--steps", "12", "--no-progress", "--sample", "20", "--seed", "1",
+                  "--out", str(path)])
     out = capsys.readouterr().out
     assert torch.get_num_threads() == 1
     assert set(res["results"]) == {"float", "bitnet", "ana"} and res["steps"] == 12
@@ -61,6 +64,14 @@ def test_tiny_demo_prints_three_results(capsys, restore_threads):
         assert math.isfinite(bpc) and bpc < math.log2(84), (run, bpc)
         assert f"{D.LABELS[run]:<32} {bpc:.3f}" in out
     assert out.count("held-out") >= 4 and "CC BY 2.5" in out and "sample:" in out
+    # the results file: what was printed, the settings and the machine
+    saved = json.loads(path.read_text())
+    assert saved["results"] == res["results"] and saved["steps"] == 12 and saved["settings"]["seed"] == 1
+    meta = saved["meta"]
+    assert meta["threads"] == 1 and meta["cores"] >= 1 and meta["torch"] == torch.__version__
+    assert meta["machine"] and len(meta["load_start"]) == len(meta["load_end"]) == 3
+    assert 0 < saved["cpu_seconds"] and 0 < saved["seconds"]
+    assert all(0 < r["cpu_seconds"] <= saved["cpu_seconds"] for r in saved["results"].values())
 
 
 @pytest.mark.parametrize("activations", [False, True])
