@@ -44,11 +44,22 @@ class DynamicScaleANA(NoiseHyperParams):
 
     A group (row, tensor or channel) that holds a NaN or an infinity has no finite scale; its
     output is NaN, as in BitNet's code. An all-zero group quantises to 0.
+
+    ``blend=True``: the λ warm-up of Hugging Face's 1.58-bit fine-tuning (huggingface/blog#2339),
+    ``y = x + α (q − x)`` with q the quantiser's output and α = λ a buffer (0 at first) that an
+    ``AlphaController`` ramps to 1 while training; in eval mode, q (α = 1). With the identity
+    backward the gradient is 1, as in the blog's ``x + λ (q − x).detach()``; otherwise
+    1 − α + α · the quantiser's.
     """
 
     def __init__(self, rule: str = "absmax_per_token", quantizer: Optional[Quantizer] = None, noise: str = "uniform",
-                 strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None):
+                 strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None, blend: bool = False):
         super().__init__()
+        if not isinstance(blend, bool):
+            raise TypeError(f"anacuda.DynamicScaleANA: blend must be a bool, got {type(blend).__name__}")
+        self.blend = blend
+        if blend:
+            self.register_buffer("alpha", torch.tensor(0.0))
         self.rule = _check_rule(rule)
         # "identity" is kept out of the buffers (it has no μ_b, σ_b) and handed to the op by name.
         self.identity_backward = isinstance(backward_noise, str) and backward_noise == IDENTITY
@@ -72,13 +83,18 @@ class DynamicScaleANA(NoiseHyperParams):
             what = "tokens and features, shape (..., tokens, features)" if need == 2 else "a channel dimension"
             raise ValueError(f"anacuda.DynamicScaleANA: the scale rule {self.rule!r} needs {what}; got a "
                              f"{x.dim()}-d input of shape {tuple(x.shape)}")
-        self._warn_if_no_gradient(x.requires_grad, "what comes before it gets no gradient through it")
-        return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.rule,
-                     IDENTITY if self.identity_backward else self._backward_noise())
+        if not self.blend:
+            self._warn_if_no_gradient(x.requires_grad, "what comes before it gets no gradient through it")
+        q = F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.rule,
+                  IDENTITY if self.identity_backward else self._backward_noise())
+        if self.blend and self.training:
+            return x + self.alpha.to(x.dtype) * (q - x)
+        return q
 
     def extra_repr(self) -> str:
         s = f"rule={self.rule}, {self._noise_repr()}"
-        return s + (", backward_noise=identity" if self.identity_backward else "")
+        s += ", backward_noise=identity" if self.identity_backward else ""
+        return s + (f", blend alpha={self.alpha.item():.4g}" if self.blend else "")
 
 
 def _check_features(n, name: str) -> int:
@@ -109,12 +125,15 @@ class TernaryLinear(nn.Linear):
     σ = 0 gives the hard ternary / 8-bit network.
 
     Annealing: σ and μ are buffers of the two quantisers (``weight_quant.sigma``,
-    ``input_quant.sigma``); ``anacuda.NoiseController(model, T)`` finds them. By default it puts
-    all of a model's quantisers into one group whose σ starts from the first one's; pass
-    ``groups`` (module names) for other groupings.
+    ``input_quant.sigma``); ``anacuda.NoiseController(model, steps=T, groups="blocks")`` finds
+    them and anneals one group per transformer block (leaving out hard quantisers at σ = μ = 0).
+    A group has one start σ: quantisers with different σ in one group are refused.
 
     The input needs a token dimension: shape (..., tokens, in_features); a 0-d or 1-d input is
     refused. ``freeze`` leaves this layer as it is (in eval mode it is already the hard network).
+
+    ``blend=True`` phases both quantisers in with the λ warm-up of Hugging Face's 1.58-bit
+    fine-tuning (``x + λ (q − x)``, λ = α of an ``anacuda.AlphaController``; see DynamicScaleANA).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
@@ -122,7 +141,7 @@ class TernaryLinear(nn.Linear):
                  backward_noise=None, weight_scale: str = "absmean", activation_bits: Optional[int] = 8,
                  activation_noise: Optional[str] = None, activation_strategy: Optional[str] = None,
                  activation_mu: Optional[Param] = None, activation_sigma: Optional[Param] = None,
-                 activation_backward_noise=None, norm: bool = False):
+                 activation_backward_noise=None, norm: bool = False, blend: bool = False):
         _check_features(in_features, "in_features")
         _check_features(out_features, "out_features")
         if weight_scale not in SCALE_RULES or weight_scale == "absmax_per_token":
@@ -140,9 +159,9 @@ class TernaryLinear(nn.Linear):
         self.input_quant = None if activation_bits is None else DynamicScaleANA(
             "absmax_per_token", Quantizer.uniform(int(activation_bits), signed=True), _or(activation_noise, noise),
             _or(activation_strategy, strategy), _or(activation_mu, mu), _or(activation_sigma, sigma),
-            _or(activation_backward_noise, backward_noise))
+            _or(activation_backward_noise, backward_noise), blend)
         self.weight_quant = DynamicScaleANA(weight_scale, Quantizer.ternary(), noise, strategy, mu, sigma,
-                                            backward_noise)
+                                            backward_noise, blend)
         if device is not None:
             self.to(device)  # the quantisers' buffers
 
@@ -167,9 +186,10 @@ class BitLinear(TernaryLinear):
     8-bit per-token absmax activations, ternary absmean weights, the hard forward (σ = 0) and
     the unclipped straight-through estimator for both; no bias by default. The same layer as
     TernaryLinear(..., sigma=0, backward_noise="identity", norm=True, bias=False), so that it and
-    ANA are compared on equal terms."""
+    ANA are compared on equal terms. ``blend=True``: with Hugging Face's λ warm-up (AlphaController)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None, *,
-                 norm: bool = True, weight_scale: str = "absmean", activation_bits: Optional[int] = 8):
+                 norm: bool = True, weight_scale: str = "absmean", activation_bits: Optional[int] = 8,
+                 blend: bool = False):
         super().__init__(in_features, out_features, bias, device, dtype, sigma=0.0, backward_noise=IDENTITY,
-                         weight_scale=weight_scale, activation_bits=activation_bits, norm=norm)
+                         weight_scale=weight_scale, activation_bits=activation_bits, norm=norm, blend=blend)
