@@ -21,8 +21,8 @@ initialisation, the batches and the optimiser:
 2. BitNet: anacuda.nn.BitLinear — ternary absmean weights, 8-bit per-token activations, the
    hard forward and the unclipped straight-through estimator (BitNet b1.58's recipe);
 3. ANA: anacuda.nn.TernaryLinear with the same quantisers, the ternary weights trained with
-   Additive Noise Annealing: a NoiseController anneals σ of the weights' noise from σ0 to 0 over
-   the run (the CVPR 2022 algorithm: the gradient is the derivative of the smoothed stair). The
+   Additive Noise Annealing: a NoiseController (one group per block, stepped every step) anneals
+   σ of the weights' noise from σ0 to 0 over the run (the CVPR 2022 algorithm: the gradient is the derivative of the smoothed stair). The
    8-bit activations are BitNet's (``--ana-activations``: ANA on them too).
 
 Each quantised model is evaluated in eval mode: the hard ternary / 8-bit network you deploy.
@@ -48,7 +48,7 @@ from torch import nn
 
 import anacuda
 from anacuda import NOISES, STRATEGIES
-from anacuda.nn import BitLinear, NoiseController, TernaryLinear, quantised_modules
+from anacuda.nn import BitLinear, NoiseController, TernaryLinear
 
 #: σ0 of each noise: nearly all of its mass within half a step (as examples.demo).
 SIGMA0 = {"uniform": 0.5, "triangular": 0.5, "normal": 0.25511, "logistic": 0.13648}
@@ -220,10 +220,10 @@ def build(run: str, vocab: int, size: Size, seed: int, noise: str = "uniform", s
 
 
 def annealer(model: nn.Module, steps: int) -> NoiseController:
-    """A NoiseController that takes σ of the model's noisy quantisers (those with σ > 0) to 0
-    over `steps` (bws schedule: σ0 (1 − t/T)²), one group; the hard ones are left alone."""
-    noisy = [n for n, m in quantised_modules(model) if m.sigma.item() > 0]
-    return NoiseController(model, steps, groups=[noisy])
+    """A NoiseController stepped once per optimiser step that takes σ of the model's noisy
+    quantisers to 0 over `steps` (bws schedule: σ0 (1 − t/T)²), one group per transformer block,
+    all over the whole run (overlapped windows); the hard ones (BitNet's activations) are left alone."""
+    return NoiseController(model, steps=steps, groups="blocks")
 
 
 # --- training and evaluation ---------------------------------------------------------------------
@@ -386,7 +386,7 @@ def main(argv=None) -> dict:
                 "ana": f"TernaryLinear: same quantisers; ANA on the weights"
                        f"{' and activations' if args.ana_activations else ' (activations as BitNet)'}: "
                        f"{args.noise} noise, strategy {args.strategy}, sigma {sigma0:g} -> 0 per step "
-                       f"(NoiseController, bws), backward noise: {args.ana_backward}"}[run]
+                       f"(NoiseController per block, bws), backward noise: {args.ana_backward}"}[run]
         print(f"\n[{k}/{len(runs)}] {LABELS[run]}: {what}")
         torch.manual_seed(args.seed)  # the random strategy's noise
         rec = train(model, corpus, size, steps, args.seed, dev, LABELS[run], ctrl, progress)

@@ -86,9 +86,10 @@ def test_ana_run_anneals_sigma_to_zero(corpus, activations):
         assert m.sigma.item() == pytest.approx(D.SIGMA0["normal"] if noisy else 0.0), n
         assert m.identity_backward == (not noisy), n
     ctrl = D.annealer(model, 4)
-    assert sorted(ctrl.groups[0]) == sorted(n for n in quants if n.endswith("weight_quant") or activations)
+    annealed = [n for g in ctrl.groups for n in g]
+    assert sorted(annealed) == sorted(n for n in quants if n.endswith("weight_quant") or activations)
     D.train(model, corpus, size, 2, 0, "cpu", "ana", ctrl, progress=False)
-    assert all(0 < m.sigma.item() < D.SIGMA0["normal"] for n, m in quants.items() if n in ctrl.groups[0])
+    assert all(0 < m.sigma.item() < D.SIGMA0["normal"] for n, m in quants.items() if n in annealed)
     D.train(model, corpus, size, 2, 0, "cpu", "ana", ctrl, progress=False)
     assert all(m.sigma.item() == 0 for m in quants.values())
 
@@ -114,3 +115,18 @@ def test_command_line_checks():
         D.main(["--size", "tiny", "--steps", "0"])
     with pytest.raises(SystemExit, match="--sigma0 must be > 0"):
         D.main(["--size", "tiny", "--sigma0", "0"])
+
+
+def test_annealer_groups_follow_blocks_with_one_schedule(corpus):
+    """One group per block, all on the whole run: the same σ everywhere at every step as one
+    group of all the noisy quantisers."""
+    size = D.SIZES["small"]
+    model = D.build("ana", len(corpus.chars), size, seed=0)
+    ctrl = D.annealer(model, 100)
+    assert [sorted({n.split(".")[1] for n in g}) for g in ctrl.groups] == [["0"], ["1"]]
+    assert all(n.startswith(f"blocks.{i}.") and n.endswith("weight_quant") for i, g in enumerate(ctrl.groups)
+               for n in g)
+    for t in (0, 17, 50, 99, 100):
+        ctrl.step(t)
+        assert len({v["sigma"] for v in ctrl.values()}) == 1
+        assert ctrl.values()[0]["sigma"] == pytest.approx(0.5 * (1 - t / 100) ** 2)
