@@ -23,8 +23,9 @@ initialisation, the batches and the optimiser:
    hard forward and the unclipped straight-through estimator (BitNet b1.58's recipe);
 3. ANA: anacuda.nn.TernaryLinear with the same quantisers, the ternary weights trained with
    Additive Noise Annealing: a NoiseController (one group per block, stepped every step) anneals
-   σ of the weights' noise from σ0 to 0 over the run (the CVPR 2022 algorithm: the gradient is the derivative of the smoothed stair). The
-   8-bit activations are BitNet's (``--ana-activations``: ANA on them too).
+   σ of the weights' noise from σ0 to 0 over the run (the CVPR 2022 algorithm: the gradient is
+   the derivative of the smoothed stair). The 8-bit activations are BitNet's
+   (``--ana-activations``: ANA on them too).
 
 Each quantised model is evaluated in eval mode: the hard ternary / 8-bit network you deploy.
 ``--out``: a JSON file with the settings, the results and the machine (CPU model, cores, torch's
@@ -50,6 +51,7 @@ from torch import nn
 import anacuda
 from anacuda import NOISES, STRATEGIES
 from anacuda.nn import BitLinear, NoiseController, TernaryLinear
+from benchmarks.timing import load_average, machine_facts
 
 #: σ0 of each noise: nearly all of its mass within half a step (as examples.demo).
 SIGMA0 = {"uniform": 0.5, "triangular": 0.5, "normal": 0.25511, "logistic": 0.13648}
@@ -367,7 +369,8 @@ def summary(paths: List[str]) -> str:
         if all(run in r["results"] for r in recs):
             v = [r["results"][run]["bits_per_char"] for r in sorted(recs, key=lambda r: r["settings"]["seed"])]
             sd = statistics.stdev(v) if len(v) > 1 else float("nan")
-            lines.append(f"| {LABELS[run]} | {statistics.mean(v):.3f} ± {sd:.3f} | {', '.join(f'{x:.3f}' for x in v)} |")
+            per_seed = ", ".join(f"{x:.3f}" for x in v)
+            lines.append(f"| {LABELS[run]} | {statistics.mean(v):.3f} ± {sd:.3f} | {per_seed} |")
     lines.append("")
     for r in sorted(recs, key=lambda r: r["settings"]["seed"]):
         m = r["meta"]
@@ -396,8 +399,6 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     progress = not args.no_progress
-    from benchmarks.timing import load_average, machine_facts
-
     facts = machine_facts(dev.type)
     t_start, c_start = time.perf_counter(), time.process_time()
     corpus = load_corpus()
