@@ -113,6 +113,13 @@ def test_auto_groups_by_block_rules():
     # a list of quantised layers is not a list of blocks: its elements are the quantisers' layers
     flat = nn.ModuleList([both_noisy(8, 8), both_noisy(8, 8)])
     assert [len(x) for x in auto_groups(flat, by="blocks")] == [2, 2]
+    # a list of different things (a model wrapped with its embedding) is not a list of blocks
+    wrapped = nn.Sequential(nn.Embedding(5, 8), GPT(ana, n_layer=2, d=8))
+    assert [sorted({n.split(".")[3] for n in g}) for g in auto_groups(wrapped, by="blocks")] == [["0"], ["1"]]
+    # a CNN's nn.Sequential of mixed layers has no blocks: consecutive quantisers form one group
+    from anacuda.nn import convert
+    cnn = convert(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert auto_groups(cnn, by="blocks") == [[n for g in auto_groups(cnn) for n in g]]
     with pytest.raises(ValueError, match="by must be one of"):
         auto_groups(model, by="block")
 

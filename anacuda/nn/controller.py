@@ -100,9 +100,11 @@ def auto_groups(model: nn.Module, by: str = "layers") -> List[List[str]]:
     (input side first); activations before any layer form a group.
 
     by="blocks" (transformers): one group per block. A block is an element of an
-    ``nn.ModuleList`` or ``nn.Sequential`` (``layers.3``, ``h.3``, ``blocks.3``) that holds
-    quantisers below it without being one itself; each quantiser joins the group of the
-    outermost block it lies in. Quantisers outside every block (a quantised head, say) form a
+    ``nn.ModuleList`` or ``nn.Sequential`` whose elements are all of one class (the repeated
+    blocks: ``layers.3``, ``h.3``, ``blocks.3``) that holds quantisers below it without being one
+    itself; each quantiser joins the group of the outermost block it lies in (so a list of experts
+    inside a block stays in the block's group, and a model wrapped in ``nn.Sequential(embed,
+    body)`` still has its blocks). Quantisers outside every block (a quantised head, say) form a
     group per run of consecutive ones. Quantisers at σ = 0 and μ = 0 (nothing to anneal: BitNet's
     hard activations) are left out.
     """
@@ -117,7 +119,8 @@ def auto_groups(model: nn.Module, by: str = "layers") -> List[List[str]]:
             else:
                 groups[-1].append(name)
         return groups
-    containers = {n for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential))}
+    containers = {n for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential))
+                  and len({type(c) for c in m.children()}) == 1}
     last = object()
     for name, m in named:
         if float(m.sigma) == 0 and float(m.mu) == 0:
