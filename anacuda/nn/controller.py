@@ -31,6 +31,7 @@ from torch import nn
 from .activation import NoiseHyperParams
 from .convert import quantised_modules
 from .layers import AlphaBlendWeight, ANAWeight
+from .ternary import DynamicScaleANA
 
 SCHEDULES = ("bws", "linear", "cosine", "uws", "constant")
 WINDOWS = ("overlapped", "partition", "same_start", "same_end")
@@ -89,15 +90,49 @@ def _window(kind: str, l: int, L: int, T: float):
     raise ValueError(f"anacuda: unknown decay window {kind!r}; expected one of {WINDOWS}")
 
 
-def auto_groups(model: nn.Module) -> List[List[str]]:
-    """Layer groups in module order: each ANA weight layer opens a group that the ANA
-    activations after it join (input side first); activations before any layer form a group."""
+GROUPINGS = ("layers", "blocks")
+
+
+def auto_groups(model: nn.Module, by: str = "layers") -> List[List[str]]:
+    """Layer groups in module order.
+
+    by="layers": each ANA weight layer opens a group that the ANA activations after it join
+    (input side first); activations before any layer form a group.
+
+    by="blocks" (transformers): one group per block. A block is an element of an
+    ``nn.ModuleList`` or ``nn.Sequential`` whose elements are all of one class (the repeated
+    blocks: ``layers.3``, ``h.3``, ``blocks.3``) that holds quantisers below it without being one
+    itself; each quantiser joins the group of the outermost block it lies in (so a list of experts
+    inside a block stays in the block's group, and a model wrapped in ``nn.Sequential(embed,
+    body)`` still has its blocks). Quantisers outside every block (a quantised head, say) form a
+    group per run of consecutive ones. Quantisers at σ = 0 and μ = 0 (nothing to anneal: BitNet's
+    hard activations) are left out.
+    """
+    if by not in GROUPINGS:
+        raise ValueError(f"anacuda.auto_groups: by must be one of {GROUPINGS}, got {by!r}")
+    named = quantised_modules(model, (NoiseHyperParams,))
     groups: List[List[str]] = []
-    for name, m in quantised_modules(model, (NoiseHyperParams,)):
-        if isinstance(m, ANAWeight) or not groups:
+    if by == "layers":
+        for name, m in named:
+            if isinstance(m, ANAWeight) or not groups:
+                groups.append([name])
+            else:
+                groups[-1].append(name)
+        return groups
+    containers = {n for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential))
+                  and len({type(c) for c in m.children()}) == 1}
+    last = object()
+    for name, m in named:
+        if float(m.sigma) == 0 and float(m.mu) == 0:
+            continue
+        parts = name.split(".")
+        block = next((".".join(parts[:i + 1]) for i in range(len(parts) - 1)
+                      if parts[i].isdigit() and ".".join(parts[:i]) in containers), None)
+        if block != last:  # a new block, or the first quantiser after (or before) the blocks
             groups.append([name])
         else:
             groups[-1].append(name)
+        last = block
     return groups
 
 
@@ -126,6 +161,28 @@ def _start(value, name: str, who: str, signed: bool = False) -> float:
     if not math.isfinite(v) or (not signed and v < 0):
         raise ValueError(f"anacuda.{who}: {name} must be {'finite' if signed else 'finite and >= 0'}, got {v}")
     return v
+
+
+def _horizon(epochs, steps, who: str) -> float:
+    """The annealing horizon T, given as `epochs` or as `steps` (not both; default 1)."""
+    if epochs is not None and steps is not None:
+        raise TypeError(f"anacuda.{who}: give the horizon as epochs or as steps, not both (got epochs={epochs}, "
+                        f"steps={steps})")
+    name, value = ("steps", steps) if steps is not None else ("epochs", 1.0 if epochs is None else epochs)
+    T = _number(value, name, who)
+    if not T > 0:
+        raise ValueError(f"anacuda.{who}: {name} must be > 0, got {value}")
+    return T
+
+
+def _group_start(modules: dict, names: List[str], what: str) -> float:
+    """The start value (μ or σ) the layers of a group share; a clear error if they differ."""
+    values = {n: float(getattr(modules[n], what)) for n in names}
+    if len(set(values.values())) > 1:
+        raise ValueError(f"anacuda.NoiseController: the layers of a group start from different {what} "
+                         f"({values}); a group has one start value: pass {what}0=..., or groups that keep them "
+                         "apart (e.g. leave hard quantisers out)")
+    return values[names[0]]
 
 
 def _check_groups(groups, modules: dict, what: str) -> List[List[str]]:
@@ -200,19 +257,23 @@ class _Clock:
 class NoiseController(_Clock):
     """Anneals μ and σ of a model's ANA layers, per layer group.
 
-    `epochs`: the annealing horizon T (in the unit you step). `window` places each group's decay
-    in [0, T] (overlapped, partition, same_start, same_end); `power` sets the decay exponents
-    (homogeneous: α_μ = 1, α_σ = 2; progressive: α_μ = L − l, α_σ = 2(L − l), the first group
-    decaying with the highest power); `schedule` the shape (bws, linear, cosine, uws, constant).
-    σ starts from each layer's σ at construction (or `sigma0`) and μ from its μ (or `mu0`, e.g.
-    −0.5 for the paper's dynamic μ); both reach 0 at the end of their window.
-    `groups`: lists of module names (default: auto_groups). `ctrl_spec`: the quantlab
-    ANAController list, ``[{"modules": [...], "mi": {"beta", "fun", "kwargs"}, "sigma": {...}}]``,
-    instead of the arguments above.
+    `epochs`: the annealing horizon T (in the unit you step); or ``steps=T`` for a controller
+    stepped once per optimiser step (the same clock, named for its unit: transformers are trained
+    in steps). `window` places each group's decay in [0, T] (overlapped, partition, same_start,
+    same_end); `power` sets the decay exponents (homogeneous: α_μ = 1, α_σ = 2; progressive:
+    α_μ = L − l, α_σ = 2(L − l), the first group decaying with the highest power); `schedule` the
+    shape (bws, linear, cosine, uws, constant). σ starts from the σ its group's layers have at
+    construction (or `sigma0`) and μ from their μ (or `mu0`, e.g. −0.5 for the paper's dynamic
+    μ); both reach 0 at the end of their window. A group whose layers start from different σ or
+    μ is refused unless `sigma0` / `mu0` is given (one start per group).
+    `groups`: lists of module names, or a rule of auto_groups: "layers" (the default) or "blocks"
+    (one group per transformer block). `ctrl_spec`: the quantlab ANAController list,
+    ``[{"modules": [...], "mi": {"beta", "fun", "kwargs"}, "sigma": {...}}]``, instead of the
+    arguments above.
     """
 
-    def __init__(self, model: nn.Module, epochs: float = 1.0, *, groups: Optional[Sequence[Sequence[str]]] = None,
-                 schedule: str = "bws", window: str = "overlapped", power: str = "homogeneous",
+    def __init__(self, model: nn.Module, epochs: Optional[float] = None, *, steps: Optional[float] = None,
+                 groups=None, schedule: str = "bws", window: str = "overlapped", power: str = "homogeneous",
                  sigma0: Optional[float] = None, mu0: Optional[float] = None, anneal_mu: bool = True,
                  anneal_sigma: bool = True, ctrl_spec: Optional[list] = None):
         _check_model(model, "NoiseController")
@@ -225,8 +286,7 @@ class NoiseController(_Clock):
         if ctrl_spec is not None:
             self._from_ctrl_spec(ctrl_spec, modules)
             return
-        if not _number(epochs, "epochs", "NoiseController") > 0:
-            raise ValueError(f"anacuda.NoiseController: epochs must be > 0, got {epochs}")
+        epochs = _horizon(epochs, steps, "NoiseController")
         sigma0 = None if sigma0 is None else _start(sigma0, "sigma0", "NoiseController")
         mu0 = None if mu0 is None else _start(mu0, "mu0", "NoiseController", signed=True)
         for name, v in (("anneal_mu", anneal_mu), ("anneal_sigma", anneal_sigma)):
@@ -236,18 +296,25 @@ class NoiseController(_Clock):
             raise ValueError(f"anacuda.NoiseController: unknown window {window!r}; expected one of {WINDOWS}")
         if power not in POWERS:
             raise ValueError(f"anacuda.NoiseController: unknown power {power!r}; expected one of {POWERS}")
-        groups = _check_groups(groups if groups is not None else auto_groups(model), modules, "groups")
+        if isinstance(groups, str) and groups not in GROUPINGS:
+            raise TypeError(f"anacuda.NoiseController: groups must be a list of lists of module names or a rule of "
+                            f"auto_groups, one of {GROUPINGS}; got {groups!r}")
+        if groups is None or isinstance(groups, str):
+            groups = auto_groups(model, "layers" if groups is None else groups)
+            if not groups:
+                raise ValueError("anacuda.NoiseController: auto_groups found no quantiser to anneal (all at sigma = 0 "
+                                 "and mu = 0)")
+        groups = _check_groups(groups, modules, "groups")
         L = len(groups)
         for l, names in enumerate(groups):
             ts, te = _window(window, l, L, float(epochs))
             a_mu, a_sigma = (1.0, 2.0) if power == "homogeneous" else (float(L - l), 2.0 * (L - l))
-            first = modules[names[0]]
             self._groups.append(dict(
                 modules=names,
                 mu=Decay(schedule, ts, te, a_mu) if anneal_mu else Decay("constant"),
                 sigma=Decay(schedule, ts, te, a_sigma) if anneal_sigma else Decay("constant"),
-                mu0=float(first.mu) if mu0 is None else mu0,
-                sigma0=float(first.sigma) if sigma0 is None else sigma0))
+                mu0=_group_start(modules, names, "mu") if mu0 is None else mu0,
+                sigma0=_group_start(modules, names, "sigma") if sigma0 is None else sigma0))
         self._modules = modules
         self._apply()
 
@@ -341,40 +408,72 @@ class NoiseController(_Clock):
         return f"NoiseController(t={self.t:g}; {rows})"
 
 
-class AlphaController(_Clock):
-    """Ramps α of every alpha-blending layer from 0 to 1 over [start, end] (in the unit you
-    step): cubic, α = 1 − (1 − s)³ (Liu & Mattina), or linear, α = s, with s the progress."""
+ALPHA_SHAPES = ("cubic", "linear", "power", "sigmoid")
 
-    def __init__(self, model: nn.Module, end: float = 1.0, *, start: float = 0.0, shape: str = "cubic"):
+
+class AlphaController(_Clock):
+    """Ramps α of every alpha-blending layer (and of every ``blend=True`` quantiser of a
+    TernaryLinear / BitLinear) from 0 to 1 over [start, end] (in the unit you step: per epoch,
+    or per optimiser step with `end` in steps). With s the progress, clamped to [0, 1]:
+    cubic, α = 1 − (1 − s)³ (Liu & Mattina); linear, α = s; power, α = 1 − (1 − s)^k and
+    sigmoid, α = 1 / (1 + exp(−k (s − 1/2))) (the schedulers of Hugging Face's 1.58-bit
+    fine-tuning, huggingface/blog#2339; the sigmoid reaches 1 only as k grows).
+
+    The blog's λ warm-up ``λ = min(2 · step / total, 1)`` is ``AlphaController(model,
+    end=total / 2, shape="linear")`` stepped once per step, with α = λ. On a ``blend=True``
+    quantiser with the identity backward (BitLinear(blend=True)) it is the blog's
+    ``x + λ (quant(x) − x).detach()`` exactly, gradient included. On an alpha-blending layer
+    (``functional.alpha_blend``, Liu & Mattina) the forward is the same but the gradient is
+    (1 − α) times the blog's: no gradient flows through the quantised term.
+    """
+
+    def __init__(self, model: nn.Module, end: float = 1.0, *, start: float = 0.0, shape: str = "cubic",
+                 k: Optional[float] = None):
         _check_model(model, "AlphaController")
         for name, v in (("start", start), ("end", end)):
             if not math.isfinite(_number(v, name, "AlphaController")):
                 raise ValueError(f"anacuda.AlphaController: {name} must be finite, got {v}")
-        if shape not in ("cubic", "linear"):
-            raise ValueError(f"anacuda.AlphaController: shape must be 'cubic' or 'linear', got {shape!r}")
+        if shape not in ALPHA_SHAPES:
+            raise ValueError(f"anacuda.AlphaController: shape must be 'cubic' or 'linear', or 'power' or 'sigmoid' "
+                             f"with k; got {shape!r}")
+        if shape in ("power", "sigmoid"):
+            if k is None:
+                raise ValueError(f"anacuda.AlphaController: shape {shape!r} needs k (e.g. k=4 for power, k=20 for "
+                                 "sigmoid)")
+            k = _number(k, "k", "AlphaController")
+            if not (k > 0 and math.isfinite(k)):
+                raise ValueError(f"anacuda.AlphaController: k must be > 0 and finite, got {k}")
+        elif k is not None:
+            raise ValueError(f"anacuda.AlphaController: k is for the power and sigmoid shapes, not {shape!r}")
         if not end > start:
             raise ValueError(f"anacuda.AlphaController: needs start < end, got [{start}, {end}]")
-        named = quantised_modules(model, (AlphaBlendWeight,))
+        named = [(n, m) for n, m in quantised_modules(model, (AlphaBlendWeight, DynamicScaleANA))
+                 if not isinstance(m, DynamicScaleANA) or m.blend]
         self.modules = [m for _, m in named]
         self._names = [n for n, _ in named]
         if not self.modules:
             raise ValueError("anacuda.AlphaController: the model has no alpha-blending layers "
-                             "(convert it with anacuda.convert(model, weights='alpha_blend'))")
-        self.start, self.end, self.shape = float(start), float(end), shape
+                             "(convert it with anacuda.convert(model, weights='alpha_blend'), or build "
+                             "TernaryLinear / BitLinear with blend=True)")
+        self.start, self.end, self.shape, self.k = float(start), float(end), shape, k
         self.t = 0.0
         self._apply()
 
     def alpha(self, t: Optional[float] = None) -> float:
         t = self.t if t is None else t
         s = min(max((t - self.start) / (self.end - self.start), 0.0), 1.0)
-        return 1.0 - (1.0 - s) ** 3 if self.shape == "cubic" else s
+        if self.shape == "sigmoid":
+            return 1.0 / (1.0 + math.exp(-self.k * (s - 0.5)))
+        if self.shape == "linear":
+            return s
+        return 1.0 - (1.0 - s) ** (3.0 if self.shape == "cubic" else self.k)
 
     def _config(self) -> dict:
-        return {"modules": list(self._names), "start": self.start, "end": self.end, "shape": self.shape}
+        config = {"modules": list(self._names), "start": self.start, "end": self.end, "shape": self.shape}
+        return config if self.k is None else dict(config, k=self.k)
 
     @torch.no_grad()
     def _apply(self):
         a = self.alpha()
         for m in self.modules:
             m.alpha.fill_(a)
-

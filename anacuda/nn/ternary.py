@@ -5,12 +5,10 @@ TernaryLinear: ternary weights with a dynamic absmean scale (one per tensor by d
 output channel as an option), 8-bit activations with a dynamic absmax scale per token on its
 input, and an optional RMSNorm in front (BitNet's SubLN). Both quantisers are DynamicScaleANA
 modules: ANA with any noise and strategy (SPEC §4, §5), μ and σ kept as buffers that a
-NoiseController anneals, and the scale computed from the input on every call (SPEC §9).
-BitLinear: BitNet b1.58's recipe — the hard forward (σ = 0) with the unclipped STE.
-
-Until the op computes the dynamic scales itself and offers the "identity" backward (issue 14),
-both are done here in Python: `dynamic_eps` (the scale, detached) and `straight_through`
-(BitNet's detach trick). Each is one small function, so that the op replaces it in one place.
+NoiseController anneals, and the scale computed by the op from the input in the same call
+(``anacuda.functional.ana(x, ..., eps=rule)``, SPEC §9).
+BitLinear: BitNet b1.58's recipe — the hard forward (σ = 0) with the unclipped STE (the op's
+``backward_noise="identity"``, SPEC §5).
 """
 
 from __future__ import annotations
@@ -23,36 +21,12 @@ from torch import nn
 
 from .. import functional as F
 from ..config import ANAConfig
-from ..quantizer import SCALE_FLOOR, Param, Quantizer, compute_dtype
+from ..quantizer import IDENTITY, Param, Quantizer, grid_reach
 from ..quantizer import SCALE_RULES as _RULES
-from ..scale import _top
 from .activation import NoiseHyperParams
 
 #: The rules of SPEC §9 (channel = dim 0): eps = max(r(|x|), SCALE_FLOOR) / c; anacuda.quantizer's.
 SCALE_RULES = tuple(_RULES)
-IDENTITY = "identity"  # the unclipped STE as a backward "noise" (SPEC §5)
-
-
-def dynamic_eps(x: torch.Tensor, rule: str, quantizer: Quantizer) -> torch.Tensor:
-    """eps = max(r(|x|), 1e-5) / c (SPEC §9), detached, broadcastable to x, in the compute dtype
-    (float32 for half types). c: the largest magnitude the grid reaches on both sides of 0 (127
-    for 8-bit, 1 for ternary). An all-zero group gets eps = 1e-5 / c and quantises to 0."""
-    a = x.detach().abs().to(compute_dtype(x.dtype))
-    if rule == "absmax_per_token":
-        r = a.amax(dim=-1, keepdim=True)
-    elif rule in ("absmean", "absmax"):
-        r = a.mean() if rule == "absmean" else a.amax()
-    else:  # per output channel: one value per slice along dim 0
-        flat = a.reshape(a.shape[0], -1)
-        r = (flat.mean(dim=1) if rule == "absmean_per_channel" else flat.amax(dim=1))
-        r = r.reshape((-1,) + (1,) * (a.dim() - 1))
-    return r.clamp(min=SCALE_FLOOR) / _top(quantizer)
-
-
-def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The value q with the gradient of the identity: BitNet's unclipped STE, written as its
-    public code writes it. (The "identity" backward noise of the op will replace it.)"""
-    return x + (q - x).detach()
 
 
 def _check_rule(rule) -> str:
@@ -70,17 +44,33 @@ class DynamicScaleANA(NoiseHyperParams):
 
     A group (row, tensor or channel) that holds a NaN or an infinity has no finite scale; its
     output is NaN, as in BitNet's code. An all-zero group quantises to 0.
+
+    ``blend=True``: the λ warm-up of Hugging Face's 1.58-bit fine-tuning (huggingface/blog#2339),
+    ``y = x + α (q − x)`` with q the quantiser's output and α = λ a buffer (0 at first) that an
+    ``AlphaController`` ramps to 1 while training; in eval mode, q (α = 1). With the identity
+    backward the gradient is 1, as in the blog's ``x + λ (q − x).detach()``; otherwise
+    1 − α + α · the quantiser's.
     """
 
     def __init__(self, rule: str = "absmax_per_token", quantizer: Optional[Quantizer] = None, noise: str = "uniform",
-                 strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None):
+                 strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None, blend: bool = False):
         super().__init__()
+        if not isinstance(blend, bool):
+            raise TypeError(f"anacuda.DynamicScaleANA: blend must be a bool, got {type(blend).__name__}")
+        self.blend = blend
+        if blend:
+            self.register_buffer("alpha", torch.tensor(0.0))
         self.rule = _check_rule(rule)
+        # "identity" is kept out of the buffers (it has no μ_b, σ_b) and handed to the op by name.
         self.identity_backward = isinstance(backward_noise, str) and backward_noise == IDENTITY
         self._setup_noise(ANAConfig(Quantizer.uniform(8, signed=True) if quantizer is None else quantizer, noise,
                                     strategy, mu, sigma,
                                     backward_noise=None if self.identity_backward else backward_noise))
-        _top(self.quantizer)  # a grid with no level away from 0 has no scale: fail now, not in forward
+        grid_reach(self.quantizer)  # a grid with no level above 0 has no scale: fail now, not in forward
+
+    def _note_sigma(self, sigma, name=None) -> None:
+        super()._note_sigma(sigma, name)
+        self._no_gradient = self._no_gradient and not self.identity_backward  # identity: always a gradient
 
     def _needed_dims(self) -> int:
         return 2 if self.rule == "absmax_per_token" else (1 if self.rule.endswith("_per_channel") else 0)
@@ -93,23 +83,18 @@ class DynamicScaleANA(NoiseHyperParams):
             what = "tokens and features, shape (..., tokens, features)" if need == 2 else "a channel dimension"
             raise ValueError(f"anacuda.DynamicScaleANA: the scale rule {self.rule!r} needs {what}; got a "
                              f"{x.dim()}-d input of shape {tuple(x.shape)}")
-        if x.numel() == 0:  # nothing to scale (a mean over nothing would be NaN)
-            return F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, 1.0,
-                         self._backward_noise())
-        if self.identity_backward:
-            return straight_through(x, self._quantise(x.detach(), None))
-        return self._quantise(x, self._backward_noise())
-
-    def _quantise(self, x: torch.Tensor, backward_noise) -> torch.Tensor:
-        eps = dynamic_eps(x, self.rule, self.quantizer)
-        finite = torch.isfinite(eps)
-        y = F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training,
-                  torch.where(finite, eps, 1.0), backward_noise)
-        return torch.where(finite, y, float("nan"))
+        if not self.blend:
+            self._warn_if_no_gradient(x.requires_grad, "what comes before it gets no gradient through it")
+        q = F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.rule,
+                  IDENTITY if self.identity_backward else self._backward_noise())
+        if self.blend and self.training:
+            return x + self.alpha.to(x.dtype) * (q - x)
+        return q
 
     def extra_repr(self) -> str:
         s = f"rule={self.rule}, {self._noise_repr()}"
-        return s + (", backward_noise=identity" if self.identity_backward else "")
+        s += ", backward_noise=identity" if self.identity_backward else ""
+        return s + (f", blend alpha={self.alpha.item():.4g}" if self.blend else "")
 
 
 def _check_features(n, name: str) -> int:
@@ -140,12 +125,15 @@ class TernaryLinear(nn.Linear):
     σ = 0 gives the hard ternary / 8-bit network.
 
     Annealing: σ and μ are buffers of the two quantisers (``weight_quant.sigma``,
-    ``input_quant.sigma``); ``anacuda.NoiseController(model, T)`` finds them. By default it puts
-    all of a model's quantisers into one group whose σ starts from the first one's; pass
-    ``groups`` (module names) for other groupings.
+    ``input_quant.sigma``); ``anacuda.NoiseController(model, steps=T, groups="blocks")`` finds
+    them and anneals one group per transformer block (leaving out hard quantisers at σ = μ = 0).
+    A group has one start σ: quantisers with different σ in one group are refused.
 
     The input needs a token dimension: shape (..., tokens, in_features); a 0-d or 1-d input is
     refused. ``freeze`` leaves this layer as it is (in eval mode it is already the hard network).
+
+    ``blend=True`` phases both quantisers in with the λ warm-up of Hugging Face's 1.58-bit
+    fine-tuning (``x + λ (q − x)``, λ = α of an ``anacuda.AlphaController``; see DynamicScaleANA).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
@@ -153,7 +141,7 @@ class TernaryLinear(nn.Linear):
                  backward_noise=None, weight_scale: str = "absmean", activation_bits: Optional[int] = 8,
                  activation_noise: Optional[str] = None, activation_strategy: Optional[str] = None,
                  activation_mu: Optional[Param] = None, activation_sigma: Optional[Param] = None,
-                 activation_backward_noise=None, norm: bool = False):
+                 activation_backward_noise=None, norm: bool = False, blend: bool = False):
         _check_features(in_features, "in_features")
         _check_features(out_features, "out_features")
         if weight_scale not in SCALE_RULES or weight_scale == "absmax_per_token":
@@ -171,9 +159,9 @@ class TernaryLinear(nn.Linear):
         self.input_quant = None if activation_bits is None else DynamicScaleANA(
             "absmax_per_token", Quantizer.uniform(int(activation_bits), signed=True), _or(activation_noise, noise),
             _or(activation_strategy, strategy), _or(activation_mu, mu), _or(activation_sigma, sigma),
-            _or(activation_backward_noise, backward_noise))
+            _or(activation_backward_noise, backward_noise), blend)
         self.weight_quant = DynamicScaleANA(weight_scale, Quantizer.ternary(), noise, strategy, mu, sigma,
-                                            backward_noise)
+                                            backward_noise, blend)
         if device is not None:
             self.to(device)  # the quantisers' buffers
 
@@ -198,9 +186,10 @@ class BitLinear(TernaryLinear):
     8-bit per-token absmax activations, ternary absmean weights, the hard forward (σ = 0) and
     the unclipped straight-through estimator for both; no bias by default. The same layer as
     TernaryLinear(..., sigma=0, backward_noise="identity", norm=True, bias=False), so that it and
-    ANA are compared on equal terms."""
+    ANA are compared on equal terms. ``blend=True``: with Hugging Face's λ warm-up (AlphaController)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None, *,
-                 norm: bool = True, weight_scale: str = "absmean", activation_bits: Optional[int] = 8):
+                 norm: bool = True, weight_scale: str = "absmean", activation_bits: Optional[int] = 8,
+                 blend: bool = False):
         super().__init__(in_features, out_features, bias, device, dtype, sigma=0.0, backward_noise=IDENTITY,
-                         weight_scale=weight_scale, activation_bits=activation_bits, norm=norm)
+                         weight_scale=weight_scale, activation_bits=activation_bits, norm=norm, blend=blend)
