@@ -118,20 +118,8 @@ def _ana_coded_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, 
     return y, _fresh_like(x, torch.uint8)
 
 
-def _ana_coded_setup_context(ctx, inputs, output):
-    levels, sigma_b = inputs[1], inputs[13]
-    ctx.save_for_backward(output[1], levels, sigma_b)
-    ctx.mark_non_differentiable(output[1])
-
-
-def _ana_coded_backward(ctx, grad, _grad_code):
-    if not ctx.needs_input_grad[0]:
-        return (None,) * 14
-    code, levels, sigma_b = ctx.saved_tensors
-    return (torch.ops.anacuda._ana_backward_code(grad, code, levels, sigma_b),) + (None,) * 13
-
-
-torch.library.register_autograd("anacuda::_ana_coded", _ana_coded_backward, setup_context=_ana_coded_setup_context)
+# _ana_coded's autograd is C++ (csrc/ops/autograd.cpp: torch.library's Python registration costs
+# more per call than a small layer's kernel): grad_x = _ana_backward_code(grad, code, levels, sigma_b).
 
 
 # --- alpha_blend ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Argument validation lives here, once; functional, the layers and the controllers
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import NamedTuple, Sequence, Union
@@ -231,6 +232,16 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True,
         raise TypeError(f"anacuda: {name} must be a number or a tensor, got {type(value).__name__}")
     v = float(value)
     _check_value(v, name, minimum)
+    if torch.compiler.is_compiling():
+        return torch.tensor(v, dtype=torch.float64)
+    return _host_scalar(v, math.copysign(1.0, v))
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_scalar(v: float, sign: float) -> torch.Tensor:
+    """A number as a float64 host tensor, made once per value (a new tensor per call costs
+    microseconds, as much as a small layer's kernel). `sign` keeps -0.0 apart from 0.0. The ops
+    only read it."""
     return torch.tensor(v, dtype=torch.float64)
 
 
