@@ -1,0 +1,162 @@
+"""anacuda on PyTorch's distributed tensors (DTensor, the tensors of tensor parallelism and of
+FSDP2's sharded parameters): the sharding rule of every anacuda op, and what
+anacuda.functional does with a DTensor input.
+
+A DTensor is computed shard by shard, without gathering. The elementwise ops follow the input's
+placement; an eps (or any tensor that broadcasts to the input) is sharded along with a
+dimension it varies on and replicated along one it broadcasts on; a learned eps's gradient is
+sharded with eps or, where eps is shared by the shards, a partial sum that DTensor all-reduces.
+A scale defined by a reduction (the rules of SPEC §9) is computed by anacuda.functional with
+DTensor's own reductions, which reduce across the shards, and passed to the elementwise op as
+a tensor: every rank gets the scale one process would, never a scale of its shard. The ops
+that compute a rule's scale themselves, and the random strategy (its noise is drawn over the
+whole tensor), take only placements that keep every group whole on one rank: DTensor
+redistributes any other input first. Partial inputs are reduced first (the ops are not linear).
+
+Registered on import of anacuda when torch.distributed is available.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .quantizer import SCALE_FLOOR, SCALE_RULES, Quantizer, compute_dtype, grid_reach, scale_shape
+
+AVAILABLE = torch.distributed.is_available()
+if AVAILABLE:
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.experimental import register_sharding
+
+
+def is_dtensor(x) -> bool:
+    return AVAILABLE and isinstance(x, DTensor)
+
+
+# --- what anacuda.functional does with a DTensor input -----------------------------------------
+def rule_scale(x: torch.Tensor, rule: str, reach: float, r_min: float) -> torch.Tensor:
+    """eps of a rule of SPEC §9 as the op computes it (``_dynamic_eps``: max(r(|x|), r_min) / reach
+    per group in the compute dtype, sums in float64, NaN for a group that holds a NaN or an
+    infinity), written in torch reductions so that a DTensor's are reduced across its shards."""
+    a = x.detach().abs().to(compute_dtype(x.dtype))
+    reduction, group = SCALE_RULES[rule]
+    dims = {"token": (-1,), "tensor": tuple(range(x.dim())), "channel": tuple(range(1, x.dim()))}[group]
+    keep = group != "tensor"
+    if x.numel() == 0:  # an empty group's r is 0
+        r = a.new_zeros(scale_shape(x.shape, rule))
+    elif reduction == "max":
+        # A NaN counts as +inf: a max across ranks need not keep a NaN, it keeps +inf.
+        r = _reduced(torch.where(a == a, a, math.inf).amax(dim=dims, keepdim=keep)) if dims else a
+    else:
+        n = math.prod(x.shape[d] for d in dims)
+        r = (_reduced(a.to(torch.float64).sum(dim=dims, keepdim=keep)) / n).to(a.dtype) if dims else a
+    return torch.where(r < math.inf, r.clamp(min=r_min) / reach, math.nan)
+
+
+def _reduced(t: torch.Tensor) -> torch.Tensor:
+    """t with its partial sums or maxima reduced now: DTensor would carry a partial sum through
+    the division and the cast, and sum in the input's dtype what one process sums in float64."""
+    if is_dtensor(t) and any(p.is_partial() for p in t.placements):
+        return t.redistribute(t.device_mesh, [Replicate() if p.is_partial() else p for p in t.placements])
+    return t
+
+
+def at_rule_scale(x: DTensor, rule: str, quantizer: Quantizer, fn, nan_gradient: bool = True):
+    """fn(eps) at the scale of a rule of SPEC §9 computed across x's shards (rule_scale), as the
+    op computes it: NaN for a group without a finite scale, and there a NaN gradient (ana's) or,
+    with ``nan_gradient=False``, fn's (alpha-blending's (1 − α)·grad)."""
+    eps = rule_scale(x, rule, grid_reach(quantizer), SCALE_FLOOR)
+    finite = eps < math.inf
+    y = fn(torch.where(finite, eps, 1.0))
+    masked = y * torch.where(finite, 1.0, math.nan).to(y.dtype)  # y itself where finite (y * 1 is exact)
+    return masked if nan_gradient else y - (y - masked).detach()
+
+
+def replicated(x: DTensor, *tensors):
+    """Each plain tensor in `tensors` as a DTensor replicated on x's mesh (the tables, the
+    hyper-parameters, an eps: the same on every rank); DTensors and the rest as they are."""
+    mesh = x.device_mesh
+    rep = [Replicate()] * mesh.ndim
+    return tuple(DTensor.from_local(t, mesh, rep, run_check=False)
+                 if isinstance(t, torch.Tensor) and not isinstance(t, DTensor) else t for t in tensors)
+
+
+def shared_seed(x: DTensor, seed: torch.Tensor) -> DTensor:
+    """The random strategy's seed, rank 0's on every rank of x's mesh: the replicas of a tensor
+    draw the same noise even if their generators differ."""
+    return distribute_tensor(seed, x.device_mesh, [Replicate()] * x.device_mesh.ndim)
+
+
+# --- the sharding rules -------------------------------------------------------------------------
+def _is_tensor(a) -> bool:
+    return hasattr(a, "placements")  # register_sharding passes a tensor argument as its DTensorSpec
+
+
+def _broadcast_placement(t, x_ndim: int, dim: int):
+    """The placement of t, broadcast to x, on the ranks that hold x's shard along `dim`."""
+    k = dim - (x_ndim - t.ndim)
+    return Shard(k) if k >= 0 and t.shape[k] != 1 else Replicate()
+
+
+def _rule(follow, broadcast=(), outputs=("x",), rule_at=None, random_at=None):
+    """A sharding function for register_sharding. follow: the positions of the tensors of x's
+    shape (x, its gradient, its code), which share x's placement; broadcast: those that
+    broadcast to x (eps). outputs, one per result: "x" (x's placement), "eps" (a rule's scale:
+    x's shard, the dimension kept) or "grad k" (the gradient of the broadcast argument at
+    position k: its shard, or a partial sum where it is shared). rule_at: the position of a
+    rule's name (its groups must stay whole); random_at: of (strategy, training)."""
+
+    def fn(*args):
+        x = args[follow[0]]
+        dims = range(x.ndim)
+        if rule_at is not None:
+            group = SCALE_RULES.get(args[rule_at], (None, "tensor"))[1]
+            dims = {"token": range(x.ndim - 1), "tensor": (), "channel": range(min(x.ndim, 1))}[group]
+        if random_at is not None and args[random_at[0]] == "random" and args[random_at[1]]:
+            dims = ()  # the noise is drawn over the whole tensor, as one process draws it
+        strategies = [([Replicate()] * len(outputs), [Replicate() if _is_tensor(a) else None for a in args])]
+        for d in dims:
+            inputs = [None] * len(args)
+            for i, a in enumerate(args):
+                if _is_tensor(a):
+                    inputs[i] = (Shard(d) if i in follow else
+                                 _broadcast_placement(a, x.ndim, d) if i in broadcast else Replicate())
+            outs = []
+            for o in outputs:
+                if o == "x" or o == "eps":
+                    outs.append(Shard(d))
+                else:
+                    p = inputs[int(o.split()[1])]
+                    outs.append(p if isinstance(p, Shard) else Partial())
+            strategies.append((outs, inputs))
+        return strategies
+
+    return fn
+
+
+def _rules():
+    """The ops (csrc/anacuda.cpp) and the positions of their arguments."""
+    return {
+        "ana": _rule((0,), (4,), random_at=(8, 9)),
+        "_ana_coded": _rule((0,), (4,), ("x", "x"), random_at=(8, 9)),
+        "_ana_backward": _rule((0, 1), (5,)),
+        "_ana_code": _rule((0,), (3,)),
+        "_ana_backward_code": _rule((0, 1)),
+        "_ana_backward_eps": _rule((0, 1), (5,), ("x", "grad 5"), random_at=(9, 10)),
+        "alpha_blend": _rule((0,), (4,)),
+        "_alpha_blend_backward_eps": _rule((0, 1), (5,), ("grad 5",)),
+        "_dynamic_eps": _rule((0,), outputs=("eps",), rule_at=1),
+        "_ana_dynamic": _rule((0,), outputs=("x", "eps"), rule_at=4, random_at=(10, 11)),
+        "_ana_dynamic_backward": _rule((0, 1), (2,)),
+        "_alpha_blend_dynamic": _rule((0,), rule_at=4),
+    }
+
+
+def register() -> None:
+    for name, fn in _rules().items():
+        register_sharding(getattr(torch.ops.anacuda, name).default)(fn)
+
+
+if AVAILABLE:
+    register()
