@@ -88,6 +88,50 @@ def shared_seed(x: DTensor, seed: torch.Tensor) -> DTensor:
     return distribute_tensor(seed, x.device_mesh, [Replicate()] * x.device_mesh.ndim)
 
 
+# --- tensor parallelism of anacuda's layers ------------------------------------------------------
+if AVAILABLE:
+    from functools import partial
+
+    from torch import nn
+    from torch.distributed.tensor import distribute_module
+    from torch.distributed.tensor import parallel as _tp
+
+    class ColwiseParallel(_tp.ColwiseParallel):
+        """torch's ColwiseParallel for a Linear with submodules (TernaryLinear, BitLinear: the
+        quantisers, the norm): the layer's own weight and bias sharded on dim 0, the submodules'
+        parameters and buffers replicated. torch's shards every parameter it finds by name and
+        fails on a submodule's ("parameter name can't contain '.'"). For a plain Linear (and
+        ANALinear) it is torch's."""
+
+        def _partition_linear_fn(self, name, module, device_mesh):
+            if name:  # a submodule: distribute_module replicates its parameters and buffers
+                return
+            for key, param in module.named_parameters(recurse=False):
+                module.register_parameter(key, nn.Parameter(
+                    distribute_tensor(param, device_mesh, [Shard(0)], src_data_rank=self.src_data_rank),
+                    requires_grad=param.requires_grad))
+
+    class RowwiseParallel(_tp.RowwiseParallel):
+        """torch's RowwiseParallel for a Linear with submodules (TernaryLinear, BitLinear): the
+        layer's weight sharded on dim 1, its bias and the submodules replicated (torch's looks
+        for a weight in every submodule and fails on the quantisers). A layer with a `norm`
+        (BitNet's SubLN, which normalises the whole row) takes its input whole: it is gathered
+        (DTensor's RMSNorm cannot run on a row split across ranks); the product still runs on
+        the weight's shard."""
+
+        def _partition_linear_fn(self, name, module, device_mesh):
+            if not name:
+                super()._partition_linear_fn(name, module, device_mesh)
+
+        def _apply(self, module, device_mesh):
+            if not isinstance(module, nn.Linear) or getattr(module, "norm", None) is None:
+                return super()._apply(module, device_mesh)
+            self.desired_input_layouts = (Replicate(),)
+            return distribute_module(module, device_mesh, self._partition_linear_fn,
+                                     partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+                                     partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
+
+
 # --- the sharding rules -------------------------------------------------------------------------
 def _is_tensor(a) -> bool:
     return hasattr(a, "placements")  # register_sharding passes a tensor argument as its DTensorSpec
