@@ -18,6 +18,8 @@ Registered on import of anacuda when torch.distributed is available.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import torch
@@ -88,10 +90,70 @@ def shared_seed(x: DTensor, seed: torch.Tensor) -> DTensor:
     return distribute_tensor(seed, x.device_mesh, [Replicate()] * x.device_mesh.ndim)
 
 
+# --- a whole copy of a sharded model (anacuda.freeze) ------------------------------------------
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 or tensor parallelism shards the model (torch cannot deep-copy it)."""
+    if not AVAILABLE:
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules()) or any(
+        is_dtensor(t) for t in (*model.parameters(), *model.buffers()))
+
+
+def _from_torch_distributed(hook) -> bool:
+    """A hook that FSDP2 or tensor parallelism registered (to shard, gather or redistribute)."""
+    fn = getattr(hook, "hook", hook)  # nn.Module wraps some hooks
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    owner = getattr(fn, "__self__", None)
+    names = (getattr(fn, "__module__", None) or "", type(owner).__module__ if owner is not None else "")
+    return any(n.startswith("torch.distributed") for n in names)
+
+
+def gathered_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain copy of a model sharded by FSDP2 or tensor parallelism: every DTensor parameter and
+    buffer gathered whole (a collective: every rank of the mesh calls it, and each gets the whole
+    model), the modules of their own classes again (not FSDP's), without the hooks and state that
+    torch.distributed added; the rest deep-copied."""
+    from torch.distributed.fsdp import FSDPModule
+
+    memo = {}
+
+    def whole(t):
+        if t is None:
+            return None
+        t = t.full_tensor() if is_dtensor(t) else t
+        return copy.deepcopy(t.detach(), memo)
+
+    def module_copy(m):
+        cls = type(m)
+        if isinstance(m, FSDPModule):  # fully_shard made the class FSDP<cls>(FSDPModule, cls)
+            cls = next(b for b in cls.__bases__ if not issubclass(b, FSDPModule))
+        new = cls.__new__(cls)
+        hooks = [k for k, v in m.__dict__.items() if "_hooks" in k and isinstance(v, dict)]
+        dropped = {i for k in hooks for i, h in m.__dict__[k].items() if _from_torch_distributed(h)}
+        for key, value in m.__dict__.items():
+            if key.startswith("__composable_api") or key in ("_fsdp_use_orig_params", "_is_fsdp_managed_module"):
+                continue  # FSDP2's state
+            if key == "_parameters":
+                value = {k: None if p is None else torch.nn.Parameter(whole(p), p.requires_grad)
+                         for k, p in value.items()}
+            elif key == "_buffers":
+                value = {k: whole(b) for k, b in value.items()}
+            elif key == "_modules":
+                value = {k: None if c is None else module_copy(c) for k, c in value.items()}
+            elif key in hooks:  # and the flags kept by hook id (with_kwargs, always_called)
+                value = copy.deepcopy(type(value)((i, h) for i, h in value.items() if i not in dropped), memo)
+            else:
+                value = copy.deepcopy(value, memo)
+            new.__dict__[key] = value
+        return new
+
+    return module_copy(model)
+
+
 # --- tensor parallelism of anacuda's layers ------------------------------------------------------
 if AVAILABLE:
-    from functools import partial
-
     from torch import nn
     from torch.distributed.tensor import distribute_module
     from torch.distributed.tensor import parallel as _tp
@@ -128,8 +190,8 @@ if AVAILABLE:
                 return super()._apply(module, device_mesh)
             self.desired_input_layouts = (Replicate(),)
             return distribute_module(module, device_mesh, self._partition_linear_fn,
-                                     partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
-                                     partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
+                                     functools.partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+                                     functools.partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
 
 
 # --- the sharding rules -------------------------------------------------------------------------
