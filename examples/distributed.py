@@ -1,16 +1,17 @@
 """Multi-process training of a small BitNet-style language model with anacuda's TernaryLinear
 (ternary weights trained with ANA, 8-bit per-token activations) on PyTorch's own engines:
 
-    torchrun --standalone --nproc-per-node 2 examples/distributed.py                 # FSDP2
-    torchrun --standalone --nproc-per-node 2 examples/distributed.py --parallel tp   # tensor parallel
+    torchrun --standalone --nproc-per-node 2 examples/distributed.py
 
+trains it with FSDP2, then with tensor parallelism (``--parallel fsdp`` or ``tp``: one of them).
 FSDP2 (``fully_shard``) shards the parameters across the ranks, each training on its share of
-the batch; tensor parallelism splits every Linear across the ranks (attention and MLP: the
-first layers column-wise, the second row-wise), all ranks on the same batch. Either way the
-anacuda layers compute what one process would: their scales (absmean of the weights, absmax
-per token of the activations) are reduced across the shards. A NoiseController anneals σ, the
-checkpoint is saved with torch.distributed.checkpoint (sharded; it loads on any number of
-ranks), and ``anacuda.freeze`` gathers the deployed model on every rank.
+the batch; tensor parallelism splits every Linear of the blocks across the ranks (attention and
+MLP: the first layers column-wise, the second row-wise), all ranks on the same batch. Either
+way the anacuda layers compute what one process would: their scales (absmean of the weights,
+absmax per token of the activations) are reduced across the shards, so both runs print the same
+losses. A NoiseController anneals σ, ``--checkpoint DIR`` saves a sharded checkpoint with
+torch.distributed.checkpoint (it loads on any number of ranks), and ``anacuda.freeze`` gathers
+the deployed model on every rank.
 
 CPU and gloo by default; on GPUs (one per rank) NCCL. Random tokens stand in for data.
 """
@@ -86,32 +87,18 @@ def tp_plan() -> dict:
     return plan
 
 
-def main(argv=None) -> None:
+def train(parallel: str, steps: int, mesh, checkpoint=None) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import parallelize_module
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parallel", choices=("fsdp", "tp"), default="fsdp")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--checkpoint", default=None, help="a folder for the sharded checkpoint (default: none saved)")
-    args = p.parse_args(argv)
-
-    cuda = torch.cuda.is_available() and anacuda.cuda_available()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    mesh = init_device_mesh(device.type, (world,))
-
+    rank, world, device = dist.get_rank(), dist.get_world_size(), mesh.device_type
     torch.manual_seed(0)  # every rank builds the same model
     model = TinyLM(ternary, int8_head).to(device)
-    controller = anacuda.NoiseController(model, args.steps)
-    if args.parallel == "fsdp":
+    controller = anacuda.NoiseController(model, steps)
+    if parallel == "fsdp":
         for block in model.blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -120,9 +107,9 @@ def main(argv=None) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
     g = torch.Generator().manual_seed(1)  # the same batches on every rank
-    for step in range(args.steps):
+    for step in range(steps):
         tokens = torch.randint(16, (4 * world, 9), generator=g)
-        if args.parallel == "fsdp":  # data parallel: each rank its share of the batch
+        if parallel == "fsdp":  # data parallel: each rank its share of the batch
             tokens = tokens.chunk(world)[rank]
         tokens = tokens.to(device)
         logits = model(tokens[:, :-1])
@@ -134,15 +121,34 @@ def main(argv=None) -> None:
         mean = loss.detach().clone()
         dist.all_reduce(mean)
         if rank == 0:
-            print(f"step {step}: loss {mean.item() / world:.4f}", flush=True)
+            print(f"{parallel} step {step}: loss {mean.item() / world:.4f}", flush=True)
 
-    if args.checkpoint:  # sharded: each rank writes its shard; loads on any number of ranks
+    if checkpoint:  # sharded: each rank writes its shard; loads on any number of ranks
         dcp.save({"model": get_model_state_dict(model), "controller": controller.state_dict()},
-                 checkpoint_id=args.checkpoint)
-    frozen = anacuda.freeze(model)  # every rank: gathers the whole model
+                 checkpoint_id=os.path.join(checkpoint, parallel))
+    frozen = anacuda.freeze(model)  # on every rank: gathers the whole model
     if rank == 0:
         tokens = torch.randint(16, (2, 8), generator=g).to(device)
-        print(f"frozen head: {type(frozen.head).__name__}, logits {tuple(frozen(tokens).shape)}", flush=True)
+        print(f"{parallel} frozen head: {type(frozen.head).__name__}, logits {tuple(frozen(tokens).shape)}", flush=True)
+
+
+def main(argv=None) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parallel", choices=("fsdp", "tp"), default=None, help="one of them (default: both)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--checkpoint", default=None, help="a folder for the sharded checkpoints (default: none saved)")
+    args = p.parse_args(argv)
+
+    cuda = torch.cuda.is_available() and anacuda.cuda_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    mesh = init_device_mesh("cuda" if cuda else "cpu", (dist.get_world_size(),))
+    for parallel in [args.parallel] if args.parallel else ["fsdp", "tp"]:
+        train(parallel, args.steps, mesh, args.checkpoint)
     dist.destroy_process_group()
 
 
