@@ -9,9 +9,10 @@ sharded with eps or, where eps is shared by the shards, a partial sum that DTens
 A scale defined by a reduction (the rules of SPEC §9) is computed by anacuda.functional with
 DTensor's own reductions, which reduce across the shards, and passed to the elementwise op as
 a tensor: every rank gets the scale one process would, never a scale of its shard. The ops
-that compute a rule's scale themselves, and the random strategy (its noise is drawn over the
-whole tensor), take only placements that keep every group whole on one rank: DTensor
-redistributes any other input first. Partial inputs are reduced first (the ops are not linear).
+that compute a rule's scale themselves refuse a DTensor (called directly; see _refuse). The
+random strategy takes its input whole (its noise is drawn over the whole tensor, as one
+process draws it): DTensor gathers a sharded one first. Partial inputs are reduced first (the
+ops are not linear).
 
 Registered on import of anacuda when torch.distributed is available.
 """
@@ -205,24 +206,36 @@ def _broadcast_placement(t, x_ndim: int, dim: int):
     return Shard(k) if k >= 0 and t.shape[k] != 1 else Replicate()
 
 
-def _rule(follow, broadcast=(), outputs=("x",), rule_at=None, random_at=None):
+def _refuse(name):
+    """The ops that compute a rule's scale themselves: DTensor caches its decisions (and the
+    output's shape) by the tensors' placements and shapes, not by the rule's name, a string, so
+    no rule of theirs could be right for every rule. anacuda.functional never calls them on a
+    DTensor: it computes the scale across the shards itself."""
+
+    def fn(*args):
+        raise NotImplementedError(
+            f"anacuda: torch.ops.anacuda.{name} does not take a DTensor; call anacuda.functional.ana or alpha_blend "
+            "with the rule as eps (e.g. eps='absmax_per_token'): on a DTensor they reduce the scale across the shards")
+
+    return fn
+
+
+def _rule(follow, broadcast=(), outputs=("x",), seed_at=None):
     """A sharding function for register_sharding. follow: the positions of the tensors of x's
     shape (x, its gradient, its code), which share x's placement; broadcast: those that
-    broadcast to x (eps). outputs, one per result: "x" (x's placement), "eps" (a rule's scale:
-    x's shard, the dimension kept) or "grad k" (the gradient of the broadcast argument at
-    position k: its shard, or a partial sum where it is shared). rule_at: the position of a
-    rule's name (its groups must stay whole); random_at: of (strategy, training)."""
+    broadcast to x (eps). outputs, one per result: "x" (x's placement) or "grad k" (the gradient
+    of the broadcast argument at position k: its shard, or a partial sum where it is shared).
+    seed_at: the position of the random strategy's seed; with a seed (the random strategy,
+    training), x is taken whole. (DTensor caches a decision by the tensors' placements and
+    shapes, not by the other arguments: the strategies may depend on whether a seed is given,
+    a tensor, but not on the strategy's name.)"""
 
     def fn(*args):
         x = args[follow[0]]
-        dims = range(x.ndim)
-        if rule_at is not None:
-            group = SCALE_RULES.get(args[rule_at], (None, "tensor"))[1]
-            dims = {"token": range(x.ndim - 1), "tensor": (), "channel": range(min(x.ndim, 1))}[group]
-        if random_at is not None and args[random_at[0]] == "random" and args[random_at[1]]:
-            dims = ()  # the noise is drawn over the whole tensor, as one process draws it
         strategies = [([Replicate()] * len(outputs), [Replicate() if _is_tensor(a) else None for a in args])]
-        for d in dims:
+        if seed_at is not None and args[seed_at] is not None:
+            return strategies  # the noise drawn over the whole tensor, as one process draws it
+        for d in range(x.ndim):
             inputs = [None] * len(args)
             for i, a in enumerate(args):
                 if _is_tensor(a):
@@ -230,11 +243,8 @@ def _rule(follow, broadcast=(), outputs=("x",), rule_at=None, random_at=None):
                                  _broadcast_placement(a, x.ndim, d) if i in broadcast else Replicate())
             outs = []
             for o in outputs:
-                if o == "x" or o == "eps":
-                    outs.append(Shard(d))
-                else:
-                    p = inputs[int(o.split()[1])]
-                    outs.append(p if isinstance(p, Shard) else Partial())
+                p = Shard(d) if o == "x" else inputs[int(o.split()[1])]
+                outs.append(p if isinstance(p, Shard) else Partial())
             strategies.append((outs, inputs))
         return strategies
 
@@ -244,18 +254,18 @@ def _rule(follow, broadcast=(), outputs=("x",), rule_at=None, random_at=None):
 def _rules():
     """The ops (csrc/anacuda.cpp) and the positions of their arguments."""
     return {
-        "ana": _rule((0,), (4,), random_at=(8, 9)),
-        "_ana_coded": _rule((0,), (4,), ("x", "x"), random_at=(8, 9)),
+        "ana": _rule((0,), (4,), seed_at=10),
+        "_ana_coded": _rule((0,), (4,), ("x", "x"), seed_at=10),
         "_ana_backward": _rule((0, 1), (5,)),
         "_ana_code": _rule((0,), (3,)),
         "_ana_backward_code": _rule((0, 1)),
-        "_ana_backward_eps": _rule((0, 1), (5,), ("x", "grad 5"), random_at=(9, 10)),
+        "_ana_backward_eps": _rule((0, 1), (5,), ("x", "grad 5"), seed_at=11),
         "alpha_blend": _rule((0,), (4,)),
         "_alpha_blend_backward_eps": _rule((0, 1), (5,), ("grad 5",)),
-        "_dynamic_eps": _rule((0,), outputs=("eps",), rule_at=1),
-        "_ana_dynamic": _rule((0,), outputs=("x", "eps"), rule_at=4, random_at=(10, 11)),
+        "_dynamic_eps": _refuse("_dynamic_eps"),
+        "_ana_dynamic": _refuse("_ana_dynamic"),
         "_ana_dynamic_backward": _rule((0, 1), (2,)),
-        "_alpha_blend_dynamic": _rule((0,), rule_at=4),
+        "_alpha_blend_dynamic": _refuse("_alpha_blend_dynamic"),
     }
 
 

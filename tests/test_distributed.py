@@ -142,6 +142,10 @@ def _scenario_ops(mesh, rank, world, device):
             out[f"{placement} {case}"] = dict(y=y.full_tensor(), placements=str(y.placements),
                                               grads=[(g.grad.full_tensor() if hasattr(g.grad, "full_tensor")
                                                       else g.grad) for g in grads])
+    try:  # an op that computes a rule's scale itself, called directly
+        torch.ops.anacuda._dynamic_eps(distribute_tensor(x, mesh, [Shard(0)]), "absmean", 1.0, 1e-5)
+    except NotImplementedError as err:
+        out["refused"] = str(err)
     return out
 
 
@@ -344,6 +348,8 @@ def test_ops_on_shards_equal_one_process(runs):
     device = _device(runs[0]) if runs[0] == "gloo" else torch.device("cuda", 0)
     x = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(3)).to(device)
     for key, got in res.items():
+        if key == "refused":
+            continue
         placement, case = key.split(" ")
         xr = x.clone().requires_grad_()
         y, grads = _op_case(case, xr)
@@ -358,37 +364,36 @@ def test_ops_on_shards_equal_one_process(runs):
         # random strategy draws its noise over the whole tensor, as one process does).
         expected = "(Replicate(),)" if case == "random" else f"({placement.replace('S(', 'Shard(dim=').replace('R', 'Replicate()')},)"
         assert got["placements"] == expected, key
+    assert "refused" in res and "does not take a DTensor" in res["refused"]
 
 
-def test_op_rules_keep_groups_whole():
-    """Called directly, an op that computes a rule's scale itself accepts only the shardings
-    that keep each group on one rank (DTensor gathers the others first)."""
+def test_op_sharding_rules():
+    """The strategies register_sharding gets: with a seed (the random strategy, training) x is
+    taken whole; an op that computes a rule's scale refuses a DTensor (DTensor caches its
+    decisions by tensors, not by the rule's name); a learned eps shared by the shards gets a
+    partial gradient."""
     from anacuda.distributed import _rules
 
     class Spec:  # what register_sharding passes for a tensor argument
-        def __init__(self, ndim):
-            self.ndim, self.shape, self.placements = ndim, (4,) * ndim, ()
+        def __init__(self, shape):
+            self.ndim, self.shape, self.placements = len(shape), shape, ()
 
     rules = _rules()
-    x = Spec(3)
-    shards = lambda strategies: sorted(repr(s[1][0]) for s in strategies)  # noqa: E731
-    assert shards(rules["_dynamic_eps"](x, "absmax_per_token", 127.0, 1e-5)) == ["Replicate()", "Shard(dim=0)",
-                                                                                  "Shard(dim=1)"]
-    assert shards(rules["_dynamic_eps"](x, "absmean", 1.0, 1e-5)) == ["Replicate()"]
-    assert shards(rules["_dynamic_eps"](x, "absmax_per_channel", 1.0, 1e-5)) == ["Replicate()", "Shard(dim=0)"]
-    args = [x, Spec(1), Spec(1), True, Spec(0), "uniform", Spec(0), Spec(0), "random", True, Spec(1), "uniform",
-            Spec(0), Spec(0)]
-    assert shards(rules["ana"](*args)) == ["Replicate()"]
-    args[9] = False  # not training: no noise, any sharding
-    assert len(rules["ana"](*args)) == 4
-    # A learned eps shared by the shards gets a partial gradient (all-reduced by DTensor).
-    eps = Spec(3)
-    eps.shape = (4, 1, 1)
-    args = [Spec(3), x, Spec(1), Spec(1), True, eps, "uniform", Spec(0), Spec(0), "mode", True, None, "uniform",
-            Spec(0), Spec(0)]
+    x = Spec((4, 6, 8))
+    inputs = lambda strategies: sorted(repr(s[1][0]) for s in strategies)  # noqa: E731
+    with pytest.raises(NotImplementedError, match="anacuda.functional.ana or alpha_blend"):
+        rules["_dynamic_eps"](x, "absmean", 1.0, 1e-5)
+    args = [x, Spec((3,)), Spec((2,)), True, Spec(()), "uniform", Spec(()), Spec(()), "random", True, Spec((2,)),
+            "uniform", Spec(()), Spec(())]
+    assert inputs(rules["ana"](*args)) == ["Replicate()"]
+    args[10] = None  # no seed: no noise drawn, any sharding
+    assert inputs(rules["ana"](*args)) == ["Replicate()", "Shard(dim=0)", "Shard(dim=1)", "Shard(dim=2)"]
+    eps = Spec((4, 1, 1))
+    args = [x, x, Spec((3,)), Spec((2,)), True, eps, "normal", Spec(()), Spec(()), "mode", True, None, "normal",
+            Spec(()), Spec(())]
     got = {repr(s[1][1]): [repr(p) for p in s[0]] for s in rules["_ana_backward_eps"](*args)}
-    assert got["Shard(dim=0)"] == ["Shard(dim=0)", "Shard(dim=0)"]
-    assert got["Shard(dim=2)"] == ["Shard(dim=2)", "Partial(sum)"]
+    assert got["Shard(dim=0)"] == ["Shard(dim=0)", "Shard(dim=0)"]  # eps sharded with x
+    assert got["Shard(dim=2)"] == ["Shard(dim=2)", "Partial(sum)"]  # eps shared by the shards
 
 
 @pytest.mark.parametrize("name", ["converted", "ternary", "bitlinear"])
