@@ -118,13 +118,15 @@ def gathered_copy(model: torch.nn.Module) -> torch.nn.Module:
     torch.distributed added; the rest deep-copied."""
     from torch.distributed.fsdp import FSDPModule
 
-    memo = {}
+    memo = {}  # deepcopy's, and each parameter and buffer's copy by id: tied ones stay tied
 
-    def whole(t):
+    def whole(t, parameter=False):
         if t is None:
             return None
-        t = t.full_tensor() if is_dtensor(t) else t
-        return copy.deepcopy(t.detach(), memo)
+        if id(t) not in memo:
+            w = t.detach().full_tensor() if is_dtensor(t) else t.detach().clone()
+            memo[id(t)] = torch.nn.Parameter(w, t.requires_grad) if parameter else w
+        return memo[id(t)]
 
     def module_copy(m):
         cls = type(m)
@@ -137,8 +139,7 @@ def gathered_copy(model: torch.nn.Module) -> torch.nn.Module:
             if key.startswith("__composable_api") or key in ("_fsdp_use_orig_params", "_is_fsdp_managed_module"):
                 continue  # FSDP2's state
             if key == "_parameters":
-                value = {k: None if p is None else torch.nn.Parameter(whole(p), p.requires_grad)
-                         for k, p in value.items()}
+                value = {k: whole(p, parameter=True) for k, p in value.items()}
             elif key == "_buffers":
                 value = {k: whole(b) for k, b in value.items()}
             elif key == "_modules":
