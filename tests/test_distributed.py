@@ -31,7 +31,7 @@ from anacuda.quantizer import SCALE_RULES
 if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available in this build of torch", allow_module_level=True)
 
-from examples.distributed import TinyLM, tp_plan  # noqa: E402
+from examples.distributed import TinyLM, int8_head, ternary, tp_plan  # noqa: E402
 
 # One process loading or saving a checkpoint of torch.distributed.checkpoint says it is one.
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled, unavailable or uninitialized")
@@ -57,8 +57,6 @@ def small_cnn():
 
 
 def ternary_lm():
-    from examples.distributed import int8_head, ternary
-
     torch.manual_seed(0)
     return TinyLM(ternary, int8_head)
 
@@ -101,7 +99,7 @@ OP_CASES = ["0.05", "channel", "last", "learned", "learned_channel", *SCALE_RULE
             "blend_learned", "blend_0.1"]
 
 
-def _op_case(case, x, requires_grad=True):
+def _op_case(case, x):
     """(y, [tensors whose gradients to compare]) of one case on x (a DTensor or not)."""
     q8 = Quantizer.uniform(8)
     eps_values = {"channel": torch.linspace(0.01, 0.05, 4).reshape(4, 1, 1), "last": torch.linspace(0.01, 0.05, 8)}
