@@ -25,7 +25,9 @@ from torch import nn
 import anacuda
 from anacuda import Quantizer
 from anacuda import functional as F
+from anacuda.nn.activation import NoiseHyperParams
 from anacuda.nn.convert import quantised_modules
+from anacuda.nn.layers import AlphaBlendWeight
 from anacuda.quantizer import SCALE_RULES
 
 if not torch.distributed.is_available():
@@ -48,12 +50,35 @@ def _device(backend):
 
 # --- the models, built the same way in each rank and here ------------------------------------------
 def small_cnn():
+    """Converted: ANA convolutions, activations and output layer, the hidden Linear alpha-blended."""
     torch.manual_seed(0)
-    return anacuda.convert(nn.Sequential(
+    model = anacuda.convert(nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
         nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.Hardtanh(), nn.Linear(16, 10)), noise="normal",
-        strategy="expectation")
+        strategy="expectation", skip=["7"])
+    return anacuda.convert(model, weights="alpha_blend", activations=None, inplace=True)
+
+
+class Controllers:
+    """A model's NoiseController and, with alpha-blending layers, its AlphaController: stepped,
+    saved and loaded together."""
+
+    def __init__(self, model, steps):
+        self.all = {"noise": anacuda.NoiseController(model, steps)}
+        if quantised_modules(model, (AlphaBlendWeight,)):
+            self.all["alpha"] = anacuda.AlphaController(model, steps)
+
+    def step(self, t=None):
+        for c in self.all.values():
+            c.step() if t is None else c.step(t)
+
+    def state_dict(self):
+        return {k: c.state_dict() for k, c in self.all.items()}
+
+    def load_state_dict(self, state):
+        for k, c in self.all.items():
+            c.load_state_dict(state[k])
 
 
 def ternary_lm():
@@ -189,7 +214,7 @@ def _scenario_tp(mesh, rank, world, device):
 def _train_fsdp(model, groups, mesh, rank, world, step_fn, steps):
     from torch.distributed.fsdp import fully_shard
 
-    ctl = anacuda.NoiseController(model, steps)
+    ctl = Controllers(model, steps)
     for m in groups:  # each its own FSDP2 group, then the root
         fully_shard(m, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -304,7 +329,7 @@ def _save_one_process_checkpoints(out_dir, device):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.01)
-        ctl = anacuda.NoiseController(model, 3)
+        ctl = Controllers(model, 3)
         ctl.step(2)
         state = {"model": model.state_dict(), "controller": ctl.state_dict()}
         dcp.save(state, checkpoint_id=os.path.join(out_dir, f"{name}-1rank"), no_dist=True)
@@ -427,7 +452,7 @@ def _train_one_process(name, steps=3, world=2):
     """The FSDP2 scenario in one process: the global batch as the halves each rank sees (so
     BatchNorm normalises the same samples), the mean of their losses (FSDP2 averages gradients)."""
     model = small_cnn() if name == "cnn" else ternary_lm()
-    ctl = anacuda.NoiseController(model, steps)
+    ctl = Controllers(model, steps)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     X, Y = _batches(steps, world, (1, 8, 8), 10)
     T = _tokens(steps, world)
@@ -470,18 +495,20 @@ def test_fsdp2_checkpoint_saved_on_2_ranks_loads_on_1(runs, name):
     res = _result(runs, "fsdp")[name]
     out_dir = runs[3]
     model = small_cnn() if name == "cnn" else ternary_lm()
-    ctl = anacuda.NoiseController(model, 3)
+    ctl = Controllers(model, 3)
     state = {"model": model.state_dict(), "controller": ctl.state_dict()}
     dcp.load(state, checkpoint_id=os.path.join(out_dir, f"{name}-2ranks"), no_dist=True)
     model.load_state_dict(state["model"])
     ctl.load_state_dict(state["controller"])
-    for k, v in model.state_dict().items():  # μ, σ (annealed to 0 after 3 of 3 steps), weights, BN
+    for k, v in model.state_dict().items():  # μ, σ, α, weights, BN
         if not _skip_bn_stats(k):  # DCP saves one rank's copy of a buffer that is not a DTensor
             torch.testing.assert_close(v, res["full"][k], rtol=0, atol=0, msg=k)
     _, ref_ctl, _ = _train_one_process(name)
     assert ctl.state_dict() == ref_ctl.state_dict()
-    sigmas = [m.sigma for _, m in quantised_modules(model)]
-    assert sigmas and all(float(s) == 0.0 for s in sigmas)
+    sigmas = [m.sigma for _, m in quantised_modules(model, (NoiseHyperParams,))]
+    assert sigmas and all(float(s) == 0.0 for s in sigmas)  # annealed: 3 steps of 3
+    alphas = [m.alpha for _, m in quantised_modules(model, (AlphaBlendWeight,))]
+    assert len(alphas) == (name == "cnn") and all(float(a) == 1.0 for a in alphas)  # ramped: 3 steps of 3
 
 
 @pytest.mark.parametrize("name", ["cnn", "lm"])
