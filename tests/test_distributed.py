@@ -297,6 +297,7 @@ def _worker(rank, world, port, backend, out_dir):
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)
+        torch.backends.cudnn.allow_tf32 = False  # float32 convolutions, as the reference's
     dist.init_process_group(backend, rank=rank, world_size=world)
     device = _device(backend)
     mesh = init_device_mesh(device.type, (world,))
@@ -344,7 +345,7 @@ def runs(request, tmp_path_factory):
 
     backend = request.param
     out_dir = str(tmp_path_factory.mktemp(f"dist-{backend}"))
-    saved = _save_one_process_checkpoints(out_dir, _device(backend) if backend == "gloo" else torch.device("cuda", 0))
+    saved = _save_one_process_checkpoints(out_dir, torch.device(_reference_device((backend,))))
     ctx = mp.start_processes(_worker, args=(2, _free_port(), backend, out_dir), nprocs=2, join=False,
                              start_method="spawn")
     deadline = time.monotonic() + TIMEOUT
@@ -355,6 +356,10 @@ def runs(request, tmp_path_factory):
             pytest.fail(f"the 2-rank {backend} run did not finish in {TIMEOUT} s (a hung collective?)")
     results = torch.load(os.path.join(out_dir, "results.pt"), weights_only=False)
     return backend, results, saved, out_dir
+
+
+def _reference_device(runs):
+    return "cpu" if runs[0] == "gloo" else "cuda"
 
 
 def _result(runs, name):
@@ -368,7 +373,7 @@ def _result(runs, name):
 # --- the tests ------------------------------------------------------------------------------------
 def test_ops_on_shards_equal_one_process(runs):
     res = _result(runs, "ops")
-    device = _device(runs[0]) if runs[0] == "gloo" else torch.device("cuda", 0)
+    device = torch.device(_reference_device(runs))
     x = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(3)).to(device)
     for key, got in res.items():
         if key == "refused":
@@ -423,7 +428,7 @@ def test_op_sharding_rules():
 def test_tensor_parallel_equals_one_process(runs, name):
     res = _result(runs, "tp")[name]
     assert res["sharded"] == "(Shard(dim=0),)"  # the column-wise weight is split
-    device = torch.device("cpu") if runs[0] == "gloo" else torch.device("cuda", 0)
+    device = torch.device(_reference_device(runs))
     model, _ = tp_models()[name]
     model = model.to(device)
     ctl = anacuda.NoiseController(model, 2)
@@ -448,10 +453,16 @@ def test_tensor_parallel_equals_one_process(runs, name):
 
 
 @functools.lru_cache(maxsize=None)
-def _train_one_process(name, steps=3, world=2):
-    """The FSDP2 scenario in one process: the global batch as the halves each rank sees (so
-    BatchNorm normalises the same samples), the mean of their losses (FSDP2 averages gradients)."""
-    model = small_cnn() if name == "cnn" else ternary_lm()
+def _train_one_process(name, device="cpu", steps=3, world=2):
+    """The FSDP2 scenario in one process, on the ranks' device type: the global batch as the
+    halves each rank sees (so BatchNorm normalises the same samples), the mean of their losses
+    (FSDP2 averages gradients). Returns the model on the CPU."""
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # as the ranks
+        return _train(name, torch.device(device), steps, world)
+
+
+def _train(name, device, steps, world):
+    model = (small_cnn() if name == "cnn" else ternary_lm()).to(device)
     ctl = Controllers(model, steps)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     X, Y = _batches(steps, world, (1, 8, 8), 10)
@@ -460,15 +471,16 @@ def _train_one_process(name, steps=3, world=2):
     for step in range(steps):
         opt.zero_grad()
         if name == "cnn":
-            halves = [nn.functional.cross_entropy(model(x), y) for x, y in zip(X[step].chunk(world), Y[step].chunk(world))]
+            halves = [nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+                      for x, y in zip(X[step].chunk(world), Y[step].chunk(world))]
         else:
-            halves = [_lm_loss(model, t) for t in T[step].chunk(world)]
+            halves = [_lm_loss(model, t.to(device)) for t in T[step].chunk(world)]
         loss = sum(halves) / world
         loss.backward()
         opt.step()
         ctl.step()
-        losses.append(loss.detach())
-    return model, ctl, torch.stack(losses)
+        losses.append(loss.detach().cpu())
+    return model.cpu(), ctl, torch.stack(losses)
 
 
 def _skip_bn_stats(key):
@@ -479,7 +491,7 @@ def _skip_bn_stats(key):
 def test_fsdp2_trains_as_one_process(runs, name):
     res = _result(runs, "fsdp")[name]
     assert res["sharded"] == "(Shard(dim=0),)"
-    model, ctl, losses = _train_one_process(name)
+    model, ctl, losses = _train_one_process(name, _reference_device(runs))
     torch.testing.assert_close(res["losses"], losses, rtol=1e-5, atol=1e-6)
     state = model.state_dict()
     assert res["full"].keys() == state.keys()
@@ -503,7 +515,7 @@ def test_fsdp2_checkpoint_saved_on_2_ranks_loads_on_1(runs, name):
     for k, v in model.state_dict().items():  # μ, σ, α, weights, BN
         if not _skip_bn_stats(k):  # DCP saves one rank's copy of a buffer that is not a DTensor
             torch.testing.assert_close(v, res["full"][k], rtol=0, atol=0, msg=k)
-    _, ref_ctl, _ = _train_one_process(name)
+    _, ref_ctl, _ = _train_one_process(name, _reference_device(runs))
     assert ctl.state_dict() == ref_ctl.state_dict()
     sigmas = [m.sigma for _, m in quantised_modules(model, (NoiseHyperParams,))]
     assert sigmas and all(float(s) == 0.0 for s in sigmas)  # annealed: 3 steps of 3
