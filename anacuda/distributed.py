@@ -191,9 +191,9 @@ if AVAILABLE:
             if not isinstance(module, nn.Linear) or getattr(module, "norm", None) is None:
                 return super()._apply(module, device_mesh)
             self.desired_input_layouts = (Replicate(),)
-            return distribute_module(module, device_mesh, self._partition_linear_fn,
-                                     functools.partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
-                                     functools.partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
+            prepare_input = functools.partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts)
+            prepare_output = functools.partial(self._prepare_output_fn, self.output_layouts, self.use_local_output)
+            return distribute_module(module, device_mesh, self._partition_linear_fn, prepare_input, prepare_output)
 
 
 # --- the sharding rules -------------------------------------------------------------------------

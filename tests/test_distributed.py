@@ -101,7 +101,8 @@ def tp_models():
     # GELU, not ReLU: BitLinear's hard quantised products are often exactly 0, and the other
     # order of the sharded sums puts them a hair to either side of ReLU's kink.
     bitlinear = TinyLM(BitLinear, act=nn.GELU)
-    return {"converted": (converted, torch_plan), "ternary": (ternary_lm(), tp_plan()), "bitlinear": (bitlinear, tp_plan())}
+    return {"converted": (converted, torch_plan), "ternary": (ternary_lm(), tp_plan()),
+            "bitlinear": (bitlinear, tp_plan())}
 
 
 def _batches(steps, world, shape_x, classes):
@@ -120,8 +121,8 @@ def _lm_loss(model, tokens):
 
 
 # --- the scenarios, on every rank ---------------------------------------------------------------
-OP_CASES = ["0.05", "channel", "last", "learned", "learned_channel", *SCALE_RULES, "random", "blend_absmean_per_channel",
-            "blend_learned", "blend_0.1"]
+OP_CASES = ["0.05", "channel", "last", "learned", "learned_channel", *SCALE_RULES, "random",
+            "blend_absmean_per_channel", "blend_learned", "blend_0.1"]
 
 
 def _op_case(case, x):
@@ -390,7 +391,8 @@ def test_ops_on_shards_equal_one_process(runs):
             torch.testing.assert_close(g, ref.grad.cpu(), rtol=1e-5, atol=1e-6, msg=key)
         # Computed on the shards, not gathered: the output keeps the input's placement (the
         # random strategy draws its noise over the whole tensor, as one process does).
-        expected = "(Replicate(),)" if case == "random" else f"({placement.replace('S(', 'Shard(dim=').replace('R', 'Replicate()')},)"
+        shard = placement.replace("S(", "Shard(dim=").replace("R", "Replicate()")
+        expected = "(Replicate(),)" if case == "random" else f"({shard},)"
         assert got["placements"] == expected, key
     assert "refused" in res and "does not take a DTensor" in res["refused"]
 
