@@ -13,7 +13,7 @@ losses. A NoiseController anneals σ, ``--checkpoint DIR`` saves a sharded check
 torch.distributed.checkpoint (it loads on any number of ranks), and ``anacuda.freeze`` gathers
 the deployed model on every rank.
 
-CPU and gloo by default; on GPUs (one per rank) NCCL. Random tokens stand in for data.
+NCCL when there is a GPU per rank, else gloo on the CPU. Random tokens stand in for data.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import sys
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+if not __package__:  # run as a script from a checkout: anacuda is the checkout's
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import anacuda  # noqa: E402
 from anacuda.nn import ANALinear, TernaryLinear  # noqa: E402
@@ -142,7 +143,8 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint", default=None, help="a folder for the sharded checkpoints (default: none saved)")
     args = p.parse_args(argv)
 
-    cuda = torch.cuda.is_available() and anacuda.cuda_available()
+    # NCCL with one GPU per rank; gloo and the CPU otherwise.
+    cuda = anacuda.cuda_available() and torch.cuda.device_count() >= int(os.environ["LOCAL_WORLD_SIZE"])
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")
