@@ -160,6 +160,10 @@ def _op_case(case, x):
     return y, grads
 
 
+def _whole(t):
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def _scenario_ops(mesh, rank, world, device):
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
@@ -172,17 +176,12 @@ def _scenario_ops(mesh, rank, world, device):
             y, grads = _op_case(case, xd)
             (y * weight).sum().backward()
             out[f"{placement} {case}"] = dict(y=y.full_tensor(), placements=str(y.placements),
-                                              grads=[(g.grad.full_tensor() if hasattr(g.grad, "full_tensor")
-                                                      else g.grad) for g in grads])
+                                              grads=[_whole(g.grad) for g in grads])
     try:  # an op that computes a rule's scale itself, called directly
         torch.ops.anacuda._dynamic_eps(distribute_tensor(x, mesh, [Shard(0)]), "absmean", 1.0, 1e-5)
     except NotImplementedError as err:
         out["refused"] = str(err)
     return out
-
-
-def _whole(t):
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _full_state(model):
