@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from . import ops  # registers fakes and autograd
+from . import distributed, ops  # ops: the fakes and autograd; distributed: DTensor's sharding rules
 from .quantizer import (SCALE_FLOOR, Noise, Param, Quantizer, as_param, check_noise_name, check_scale_rule,
                         check_strategy, grid_reach)
 
@@ -81,11 +81,19 @@ def ana(
     mu_t, sigma_t, eps_t, back = ana_args(x, quantizer, noise, mu, sigma, strategy, eps, backward_noise)
     if not isinstance(training, bool):  # 'False' from a config file would be truthy
         raise TypeError(f"anacuda.ana: training must be a bool, got {type(training).__name__}")
+    if distributed.is_dtensor(x) and isinstance(eps_t, str):  # the scale across the shards
+        return distributed.at_rule_scale(x, eps_t, quantizer, lambda e: ana(x, quantizer, noise, mu, sigma, strategy,
+                                                                            training, e, backward_noise, generator))
     levels, thresholds = quantizer.tables(x.device, x.dtype)
     seed = None
     if strategy == "random" and training:
         # (seed, stream) from torch's generator for x's device: torch.manual_seed reproduces it.
         seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=x.device, generator=generator)
+    if distributed.is_dtensor(x):  # PyTorch's distributed tensor: the other tensors replicated on its mesh
+        seed = None if seed is None else distributed.shared_seed(x, seed)
+        levels, thresholds, eps_t, mu_t, sigma_t, back_mu, back_sigma = distributed.replicated(
+            x, levels, thresholds, eps_t, mu_t, sigma_t, back.mu, back.sigma)
+        back = Noise(back.name, back_mu, back_sigma)
     args = (x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, training, seed,
             back.name, back.mu, back.sigma)
     if isinstance(eps_t, str):  # a dynamic scale, computed by the op in the same call
@@ -107,10 +115,15 @@ def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param 
     alpha_t = as_param(alpha, "alpha", "unit")
     if isinstance(eps, str):  # a dynamic scale (SPEC §9), as in ana
         check_scale_rule(eps, w.shape)
+        if distributed.is_dtensor(w):  # the scale across the shards
+            return distributed.at_rule_scale(w, eps, quantizer, lambda e: alpha_blend(w, quantizer, alpha_t, e),
+                                              nan_gradient=False)
         levels, thresholds = quantizer.tables(w.device, w.dtype)
         return torch.ops.anacuda._alpha_blend_dynamic(w, levels, thresholds, quantizer.uniform_grid, eps,
                                                       grid_reach(quantizer), SCALE_FLOOR, alpha_t)
     eps_t = as_param(eps, "eps", "positive", scalar=False, learnable=True)  # learned: d y / d eps = alpha Q(u)
     _check_learned_eps(eps_t, w, "alpha_blend")
     levels, thresholds = quantizer.tables(w.device, w.dtype)
+    if distributed.is_dtensor(w):
+        levels, thresholds, eps_t, alpha_t = distributed.replicated(w, levels, thresholds, eps_t, alpha_t)
     return torch.ops.anacuda.alpha_blend(w, levels, thresholds, quantizer.uniform_grid, eps_t, alpha_t)

@@ -11,6 +11,7 @@ import copy
 import torch
 from torch import nn
 
+from .. import distributed
 from ..export.packing import CODES_PER_BYTE, pack2, unpack2
 from .activation import ANAActivation
 from .layers import AlphaBlendWeight, ANAWeight
@@ -140,7 +141,11 @@ def freeze(model: nn.Module) -> nn.Module:
     """An inference copy of a converted model: ANA and alpha-blending weight layers become
     FrozenLinear / FrozenConv (integer codes + eps; 2 bits per weight on grids of at most four
     levels), ANAActivation becomes HardQuantizer. Its outputs equal the eval-mode outputs of
-    `model`; it is in eval mode and exports with torch.export and anacuda.export."""
+    `model`; it is in eval mode and exports with torch.export and anacuda.export.
+
+    A model sharded by FSDP2 (``fully_shard``) or tensor parallelism (DTensor parameters) is
+    gathered whole first: call freeze on every rank; each gets the whole frozen model, with
+    plain tensors and none of the hooks that torch.distributed added."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"anacuda.freeze: model must be a torch.nn.Module, got {type(model).__name__}")
     # DynamicScaleANA: the quantisers of TernaryLinear / BitLinear / TernaryMultiheadAttention, left
@@ -148,7 +153,8 @@ def freeze(model: nn.Module) -> nn.Module:
     if not any(isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation, DynamicScaleANA)) for m in model.modules()):
         raise ValueError("anacuda.freeze: the model has no anacuda layers to freeze (convert it with anacuda.convert "
                          "and train it first)")
-    model = copy.deepcopy(model).eval()
+    # torch cannot deep-copy a module that FSDP2 shards: gather it (every rank calls freeze).
+    model = (distributed.gathered_copy(model) if distributed.is_sharded(model) else copy.deepcopy(model)).eval()
     for name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, (ANAWeight, AlphaBlendWeight)):
