@@ -7,9 +7,11 @@ a variant that cannot be built or run is a row with the reason. Saves .md and .j
 
     python benchmarks/train_step.py [--batch 32] [--rounds 7] [--modes eager compiled] [--out DIR]
 
-The networks are CASES below: a ternary ResNet-18 now; the language-model demo's small
-transformer is one more Case there once that demo is in the repository (its skip list, its
-batch of tokens and its loss; the variants and the table need nothing else).
+The networks are CASES below: a ternary ResNet-18 (converted by `anacuda.convert`) and the
+language-model demo's small transformer (examples/demo_lm.py, its "small" size, on batches of its
+Shakespeare text), whose anacuda steps are the demo's own two ternary models: BitNet's recipe
+(`anacuda.nn.BitLinear`) and ANA (`anacuda.nn.TernaryLinear`, its NoiseController stepped every
+step). The peers quantise the float network's weight layers but the skipped ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -32,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 import anacuda  # noqa: E402
+from examples import demo_lm  # noqa: E402
 from timing import describe, interleaved, load_average, machine_facts, paired_ratio, quartiles  # noqa: E402
 
 
@@ -45,6 +48,10 @@ class Case:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     skip: Sequence[str]                                 # modules every quantised variant keeps in float
     target: float                                       # anacuda's step at most this many float steps
+    default_batch: int = 32
+    # anacuda's variants: name -> make(float model, case, example) -> model or (model, after_step)
+    anacuda: Optional[dict] = None
+    optimizer: Optional[Callable[[nn.Module], torch.optim.Optimizer]] = None  # default: SGD, momentum 0.9
 
 
 def _resnet18():
@@ -68,13 +75,80 @@ def _tiny_cnn():
         pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(8, 10))).train()
 
 
+def _corpus():
+    """The demo's text, loaded once (only the transformer needs it)."""
+    if not hasattr(_corpus, "value"):
+        _corpus.value = demo_lm.load_corpus()
+    return _corpus.value
+
+
+def _plain_linears(model):
+    """The demo's NormedLinear (a Linear subclass with an RMSNorm in front) as an RMSNorm then a
+    plain Linear holding the same weight, the same computation: the peers swap modules by type,
+    and torchao's QATConfig would replace a NormedLinear by a Linear without its norm, torch.ao's
+    prepare_qat (exact types) would leave it in float."""
+    for name, m in list(model.named_modules()):
+        if type(m) is demo_lm.NormedLinear:
+            lin = nn.Linear(m.in_features, m.out_features, bias=False)
+            lin.weight = m.weight
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, nn.Sequential(OrderedDict(norm=m.norm, linear=lin)))
+    return model
+
+
+def _lm_float(size):
+    def build():
+        return _plain_linears(demo_lm.build("float", len(_corpus().chars), size, seed=0)).train()
+    return build
+
+
+def _lm_anacuda(run, size):
+    """The demo's model of `run`, with the float model's seed (so its initial weights); the ANA
+    run with the demo's annealer (over the demo's steps), stepped after every optimiser step."""
+    def make(model, case, example):
+        built = demo_lm.build(run, len(_corpus().chars), size, seed=0).train()
+        if run == "ana":
+            return built, demo_lm.annealer(built, size.steps).step
+        return built
+    return make
+
+
+def _chars(size):
+    def batch(n, device):
+        return demo_lm.batch(_corpus().train, replace(size, batch=n), torch.Generator().manual_seed(1), device)
+    return batch
+
+
+def _next_char_loss(logits, y):
+    return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def _adamw(model):
+    """The demo's optimiser: AdamW, weight decay 0.1 on the matrices only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                             lr=1e-2, betas=(0.9, 0.95))
+
+
+def _lm_case(name, title, size_name):
+    size = demo_lm.SIZES[size_name]
+    return Case(name, f"{title} ({size.n_layer} blocks, d_model {size.d_model}, context {size.block}), AdamW",
+                _lm_float(size), _chars(size), _next_char_loss, skip=("tok", "pos", "head"), target=1.3,
+                default_batch=size.batch, optimizer=_adamw,
+                anacuda={"anacuda BitLinear (BitNet recipe)": _lm_anacuda("bitnet", size),
+                         "anacuda TernaryLinear (ANA)": _lm_anacuda("ana", size)})
+
+
 CASES = {
     "resnet18": Case("resnet18", "ternary ResNet-18, 32x32 images, SGD", _resnet18, _images,
                      nn.functional.cross_entropy, skip=("conv1", "fc"), target=1.2),
-    # "transformer": Case(..., skip=(<embedding>, <output head>), target=1.3), from the LM demo.
     # A two-convolution network that runs every variant in a second (the smoke test), not a result.
     "tiny": Case("tiny", "tiny CNN (smoke test only), 32x32 images, SGD", _tiny_cnn, _images,
                  nn.functional.cross_entropy, skip=("conv1", "fc"), target=1.2),
+    "transformer": _lm_case("transformer", "the language-model demo's character-level GPT", "small"),
+    # Its "tiny" size (the smoke test), not a result.
+    "tiny-transformer": _lm_case("tiny-transformer", "tiny GPT (smoke test only)", "tiny"),
 }
 DEFAULT_CASES = ["resnet18"]
 
@@ -187,7 +261,8 @@ _PT2E_FAILURES = {
 }
 
 
-# (name, make, peer): `peer` names the library whose QAT the anacuda step must beat.
+# (name, make, peer): `peer` names the library whose QAT the anacuda step must beat. A case's own
+# anacuda variants (Case.anacuda) replace the "anacuda" row.
 VARIANTS = [
     ("float", float_model, None),
     ("anacuda", anacuda_model, None),
@@ -198,13 +273,31 @@ VARIANTS = [
 ]
 
 
-def step_fn(model, case, x, y):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+def variants(case: Case):
+    """The (name, make, peer) rows of `case`."""
+    if not case.anacuda:
+        return list(VARIANTS)
+    own = [(name, make, None) for name, make in case.anacuda.items()]
+    return [VARIANTS[0]] + own + [v for v in VARIANTS[1:] if v[0] != "anacuda"]
+
+
+def anacuda_names(case: Case):
+    return list(case.anacuda) if case.anacuda else ["anacuda"]
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def step_fn(model, case, x, y, after_step=None):
+    opt = (case.optimizer or sgd)(model)
 
     def step():
         opt.zero_grad(set_to_none=True)
         case.loss(model(x), y).backward()
         opt.step()
+        if after_step is not None:  # e.g. ANA's noise controller
+            after_step()
 
     return step
 
@@ -233,16 +326,18 @@ def measure(case: Case, batch: int, modes, rounds: int, device: str, only: Optio
     x, y = case.batch(batch, device)
     base = case.build().to(device)
     steps, errors, peers = {}, {}, {}
-    for name, make, peer in VARIANTS:
+    for name, make, peer in variants(case):
         if only and name not in only and name != "float":
             continue
         for mode in modes:
             key = name if mode == "eager" else f"{name} compiled"
             peers[key] = peer
             try:
-                model = make(copy.deepcopy(base), case, x).to(device)
+                made = make(copy.deepcopy(base), case, x)
+                model, after_step = made if isinstance(made, tuple) else (made, None)
+                model = model.to(device)
                 run = torch.compile(model) if mode == "compiled" else model
-                steps[key] = step_fn(run, case, x, y)
+                steps[key] = step_fn(run, case, x, y, after_step)
             except Exception as err:  # a variant that cannot be built is a row with the reason
                 errors[key] = "prepare: " + first_line(err)
     notes = {}
@@ -286,29 +381,31 @@ def table(rows) -> str:
 
 
 def targets(rows, case: Case) -> str:
-    """anacuda at most case.target float steps, and faster than every peer row, in each mode."""
+    """Each anacuda variant at most case.target float steps, and faster than every peer row, in
+    each mode."""
     lines = []
     by = {r["variant"]: r for r in rows if r["case"] == case.name}
     for mode, suffix in (("eager", ""), ("compiled", " compiled")):
-        a = by.get("anacuda" + suffix)
-        if a is None:
-            continue
-        if "x_float" not in a:
-            lines.append(f"- {case.name} {mode}: anacuda or float failed ({a.get('error', 'float failed')}): NOT met")
-            continue
-        got = a["x_float"]
-        lines.append(f"- {case.name} {mode}: anacuda {got:.2f}x the float step (target <= {case.target}) "
-                     f"{'met' if got <= case.target else 'NOT met'}")
-        for r in by.values():
-            if r["peer"] is None or r["mode"] != mode:
+        for own in anacuda_names(case):
+            a = by.get(own + suffix)
+            if a is None:
                 continue
-            if "error" in r:
-                lines.append(f"- {case.name} {mode}: faster than {r['variant']} ({r['peer']}): no comparison, "
-                             "the peer failed")
+            if "x_float" not in a:
+                lines.append(f"- {case.name} {mode}: {own} or float failed ({a.get('error', 'float failed')}): NOT met")
                 continue
-            rel = paired_ratio(a["samples_s"], r["samples_s"])
-            lines.append(f"- {case.name} {mode}: anacuda / {r['variant']} ({r['peer']}) = {rel:.2f} (target < 1) "
-                         f"{'met' if rel < 1 else 'NOT met'}")
+            got = a["x_float"]
+            lines.append(f"- {case.name} {mode}: {own} {got:.2f}x the float step (target <= {case.target}) "
+                         f"{'met' if got <= case.target else 'NOT met'}")
+            for r in by.values():
+                if r["peer"] is None or r["mode"] != mode:
+                    continue
+                if "error" in r:
+                    lines.append(f"- {case.name} {mode}: {own} faster than {r['variant']} ({r['peer']}): "
+                                 "no comparison, the peer failed")
+                    continue
+                rel = paired_ratio(a["samples_s"], r["samples_s"])
+                lines.append(f"- {case.name} {mode}: {own} / {r['variant']} ({r['peer']}) = {rel:.2f} (target < 1) "
+                             f"{'met' if rel < 1 else 'NOT met'}")
     return "\n".join(lines)
 
 
@@ -316,7 +413,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--case", action="append", choices=sorted(CASES), help=f"networks (default: {DEFAULT_CASES})")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the network's: 32 images, "
+                   "the demo's 64 windows of text)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (one step of every variant each)")
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--variant", action="append", help="variant names to run besides float (default: all)")
@@ -325,33 +423,36 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.batch < 1 or args.rounds < 1:
+    if (args.batch is not None and args.batch < 1) or args.rounds < 1:
         p.error(f"--batch and --rounds must be at least 1, got {args.batch} and {args.rounds}")
+    cases = args.case or DEFAULT_CASES
     if args.variant:
-        names = [v[0] for v in VARIANTS]
+        names = [v[0] for name in cases for v in variants(CASES[name])]
         bad = [v for v in args.variant if v not in names]
         if bad:
             p.error(f"--variant: unknown {bad}; the variants are {names}")
     meta = machine_facts(args.device)
-    meta.update(anacuda=anacuda.build_info(), batch=args.batch, rounds=args.rounds, modes=args.modes)
+    meta.update(anacuda=anacuda.build_info(), rounds=args.rounds, modes=args.modes, nice=os.nice(0),
+                batch={name: args.batch or CASES[name].default_batch for name in cases})
     try:
         import torchao
         meta["torchao"] = torchao.__version__
     except ImportError:
         meta["torchao"] = None
-    cases = args.case or DEFAULT_CASES
     rows, goals = [], []
     for name in cases:
         case = CASES[name]
-        print(f"{case.title}: batch {args.batch}, {args.rounds} rounds, {' and '.join(args.modes)}", flush=True)
-        case_rows, seconds = measure(case, args.batch, args.modes, args.rounds, args.device, args.variant)
+        batch = meta["batch"][name]
+        print(f"{case.title}: batch {batch}, {args.rounds} rounds, {' and '.join(args.modes)}", flush=True)
+        case_rows, seconds = measure(case, batch, args.modes, args.rounds, args.device, args.variant)
         meta[f"seconds_{name}"] = seconds
         rows += case_rows
         goals.append(targets(case_rows, case))
     meta["load_end"] = load_average()
     text = table(rows)
-    head = (f"{describe(meta)} torchao {meta['torchao']}; batch {args.batch}; {args.rounds} interleaved rounds; "
-            "ratios: the median over rounds of the per-round ratio.")
+    batches = ", ".join(f"{name} {b}" for name, b in meta["batch"].items())
+    head = (f"{describe(meta)} torchao {meta['torchao']}; nice {meta['nice']}; batch {batches}; "
+            f"{args.rounds} interleaved rounds; ratios: the median over rounds of the per-round ratio.")
     report = f"{head}\n\n{text}\n\nTargets:\n" + "\n".join(goals) + "\n"
     print("\n" + report)
     os.makedirs(args.out, exist_ok=True)
