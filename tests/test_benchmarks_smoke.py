@@ -1,5 +1,5 @@
-"""The training-step and small-tensor benchmarks run, in a tiny configuration, in a fresh
-interpreter (torchao's import registers things in torch that the other tests should not see),
+"""The training-step (a tiny CNN and the LM demo's transformer at its tiny size) and
+small-tensor benchmarks run, in a tiny configuration, in a fresh interpreter (torchao's import registers things in torch that the other tests should not see),
 and write their results; their target verdicts say met and NOT met where they should."""
 
 import importlib
@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,24 +30,62 @@ def _bench_module(name):
         sys.path.remove(_BENCH)
 
 
-def test_train_step_runs(tmp_path):
-    out = _run("train_step.py", "--case", "tiny", "--batch", "2", "--rounds", "1", "--modes", "eager",
+@pytest.mark.parametrize("case", ["tiny", "tiny-transformer"])
+def test_train_step_runs(tmp_path, case):
+    out = _run("train_step.py", "--case", case, "--batch", "2", "--rounds", "1", "--modes", "eager",
                "--threads", "1", "--out", str(tmp_path))
-    data = json.loads((tmp_path / "train_step-cpu-tiny.json").read_text())
+    data = json.loads((tmp_path / f"train_step-cpu-{case}.json").read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    names = [v[0] for v in _bench_module("train_step").VARIANTS]
-    assert sorted(rows) == sorted(names)
+    mod = _bench_module("train_step")
+    assert sorted(rows) == sorted(v[0] for v in mod.variants(mod.CASES[case]))
+    own = mod.anacuda_names(mod.CASES[case])
+    if case == "tiny-transformer":  # the demo's two ternary models, and every peer
+        assert own == ["anacuda BitLinear (BitNet recipe)", "anacuda TernaryLinear (ANA)"]
+        assert len(rows) == 7
     for name, r in rows.items():  # every variant measured, or a row saying why not
         assert ("median_s" in r and r["median_s"] > 0) != bool(r.get("error")), (name, r)
-    for name in ("float", "anacuda"):
+    for name in ["float"] + own:
         assert "error" not in rows[name], rows[name]
     assert rows["float"]["x_float"] == 1.0
     meta = data["meta"]
-    assert meta["cores"] >= 1 and meta["torch"] and meta["machine"]
+    assert meta["cores"] >= 1 and meta["torch"] and meta["machine"] and meta["batch"] == {case: 2}
     assert "load_end" in meta and "load_start" in meta
-    md = (tmp_path / "train_step-cpu-tiny.md").read_text()
-    assert "Targets:" in md and "anacuda" in md and "load average" in md
+    md = (tmp_path / f"train_step-cpu-{case}.md").read_text()
+    assert "Targets:" in md and "load average" in md
+    for name in own:  # a verdict on the float step and one on each peer
+        assert sum(line.startswith(f"- {case} eager: {name} ") for line in md.splitlines()) == len(rows) - len(own)
     assert md.strip() in out
+
+
+_PEERS_SEE_THE_DEMO_MODEL = """
+import copy, sys
+import torch
+sys.path.insert(0, "benchmarks")
+import train_step as mod
+case = mod.CASES["tiny-transformer"]
+x, _ = case.batch(2, "cpu")
+base = case.build()
+demo = mod.demo_lm.build("float", len(mod._corpus().chars), mod.demo_lm.SIZES["tiny"], seed=0)
+assert torch.equal(base(x), demo(x))
+block = ["blocks.0.fc1", "blocks.0.fc2.linear", "blocks.0.proj.linear", "blocks.0.qkv"]
+fq = mod.torchao_qat(copy.deepcopy(base), case, x)
+got = sorted(n for n, m in fq.named_modules() if type(m).__name__ == "FakeQuantizedLinear")
+assert got == block, got
+ao = mod.torch_ao_qat(copy.deepcopy(base), case, x)
+got = sorted(n for n, m in ao.named_modules() if hasattr(m, "weight_fake_quant"))
+assert got == block, got
+print("ok")
+"""
+
+
+def test_transformer_peers_see_the_demo_model():
+    """The float network the peers quantise computes what the demo's float model computes (its
+    NormedLinear unfolded so that module swaps keep the norm), and each module-swapping peer
+    quantises the four Linear layers of a block, not the embeddings or the head (in a fresh
+    interpreter: torchao)."""
+    res = subprocess.run([sys.executable, "-c", _PEERS_SEE_THE_DEMO_MODEL], cwd=_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-4000:]
 
 
 def test_small_tensors_runs(tmp_path):
