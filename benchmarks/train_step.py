@@ -5,7 +5,8 @@ markdown table with each variant's time as a multiple of the float step of the s
 median over rounds of the per-round ratio) and the targets of the step-cost issue met or not;
 a variant that cannot be built or run is a row with the reason. Saves .md and .json.
 
-    python benchmarks/train_step.py [--batch 32] [--rounds 7] [--modes eager compiled] [--out DIR]
+    python benchmarks/train_step.py [--case resnet18] [--case transformer] [--batch N] [--rounds 7]
+                                    [--modes eager compiled] [--out DIR]
 
 The networks are CASES below: a ternary ResNet-18 (converted by `anacuda.convert`) and the
 language-model demo's small transformer (examples/demo_lm.py, its "small" size, on batches of its
