@@ -169,3 +169,18 @@ def test_arithmetic_grid_hard_stair_is_the_functor(dtype):
                             noise, f64(mu), f64(max(sigma, 0.5)))
                     fast, functors = both(lambda: ops.ana(*args))
                     assert_equal(fast, functors, msg=f"{name} mu={mu} eps={eps.tolist()} {noise} {strategy} {training}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_identity_backward_is_the_functor(dtype):
+    """The identity backward over runs of one eps (all_thresholds.h) against IdentityBackward's
+    element-by-element lookup: the gradient where x is a number, NaN where it is NaN; per tensor,
+    per channel in NCHW and channels_last, per token (runs of 1)."""
+    q = Q.uniform(8)
+    lv, th = q.tables(torch.device("cpu"), dtype)
+    for x, eps in _inputs(q, dtype, 0.5, 0.0) + [(torch.randn(7, 3, dtype=dtype), f64([[0.5], [2.0], [1.5]] * 2 + [[3.0]]))]:
+        g = torch.cos(torch.arange(x.numel(), dtype=torch.float64)).reshape(x.shape).to(dtype)
+        args = (g, x, lv, th, q.uniform_grid, eps, "identity", f64(0.0), f64(0.0))
+        fast, functors = both(lambda: ops._ana_backward(*args))
+        assert_equal(fast, functors, msg=f"eps shape {tuple(eps.shape)}")
+        assert torch.isnan(fast).sum() == torch.isnan(x).sum()

@@ -284,6 +284,20 @@ void block_backward(const ThresholdTable<T>& s, const scalar_t* g, const scalar_
   });
 }
 
+// The identity backward (SPEC §5): IdentityBackward's rule with one eps per run of elements, not
+// an index division per element to find it, so that the loop vectorises.
+template <typename scalar_t, typename T>
+void block_identity_backward(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t n, const EpsLayout<T>& eps) {
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
+      for (int64_t j = 0; j < m; ++j) {
+        const T v = static_cast<T>(x[i + j]);
+        gx[i + j] = static_cast<scalar_t>(valid_eps(e[j]) ? (v != v ? v : static_cast<T>(g[i + j])) : quiet_nan<T>());
+      }
+    });
+  });
+}
+
 // grad_x from the code through a 256-entry table of code_derivative, the functor's own maths.
 template <typename scalar_t, typename T>
 void table_backward_code(const T* q, int K, const scalar_t* g, const uint8_t* code, scalar_t* gx, int64_t n, T sigma) {

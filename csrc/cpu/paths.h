@@ -74,8 +74,9 @@ void ana_backward(const AnaCall& c, const at::Tensor& g, const at::Tensor& x, co
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     const T sigma = p.sigma.value;
     const NoiseKind nk = c.noise_b.kind;
-    if (nk == NoiseKind::Identity) {  // the same loop on both paths: nothing to speed up
-      binary_loop(gp, xp, gxp, x.numel(), IdentityBackward<T>{p.eps});
+    if (nk == NoiseKind::Identity) {
+      if (cpu_runs_functors()) binary_loop(gp, xp, gxp, x.numel(), IdentityBackward<T>{p.eps});
+      else block_identity_backward(gp, xp, gxp, x.numel(), p.eps);
       return;
     }
     ThresholdTable<T> s;
