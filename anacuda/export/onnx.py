@@ -38,6 +38,17 @@ class _QDQConv(_DequantizedWeight, FrozenConv):
     pass
 
 
+_QDQ = {FrozenLinear: _QDQLinear, FrozenConv: _QDQConv}
+
+
+def _qdq_class(cls: type) -> type:
+    """The QDQ twin of a frozen weight class (FrozenTernaryLinear, FrozenProjection, ...): its own
+    forward, with the weight dequantised."""
+    if cls not in _QDQ:
+        _QDQ[cls] = type(f"_QDQ{cls.__name__}", (_DequantizedWeight, cls), {"__module__": __name__})
+    return _QDQ[cls]
+
+
 def _to_qdq(name: str, m) -> None:
     """Turn frozen layer `m` (a copy) into its QDQ twin, in place."""
     levels = m.levels
@@ -52,7 +63,7 @@ def _to_qdq(name: str, m) -> None:
     q = levels[m.codes.long()].to(dtype)
     for b in ("packed", "codes", "levels", "eps"):
         m._buffers.pop(b, None)
-    m.__class__ = _QDQLinear if isinstance(m, FrozenLinear) else _QDQConv
+    m.__class__ = _qdq_class(type(m))
     m.register_buffer("weight_q", q)
     m.register_buffer("weight_scale", scale)
     m.storage_range = (lo, hi)

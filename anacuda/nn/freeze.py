@@ -72,12 +72,14 @@ class HardTokenQuantizer(nn.Module):
         if act.rule != "absmax_per_token":
             raise ValueError(f"anacuda.freeze: HardTokenQuantizer freezes the rule 'absmax_per_token', got {act.rule!r}")
         q = act.quantizer
-        self.register_buffer("levels", q._levels.to(torch.float32))
-        self.register_buffer("thresholds", q._thresholds.to(torch.float32))
-        self.register_buffer("mu", act.mu.detach().float().clone())
-        # Tensors, not Python numbers: CUDA divides by a host scalar as a product with its reciprocal.
-        self.register_buffer("reach", torch.tensor(grid_reach(q), dtype=torch.float32))
-        self.register_buffer("r_min", torch.tensor(SCALE_FLOOR, dtype=torch.float32))
+        # In float64, rounded to the input's compute dtype in forward as the op rounds them (r_min =
+        # 1e-5 differs in float32 and float64). Tensors, not Python numbers: CUDA divides by a host
+        # scalar as a product with its reciprocal.
+        self.register_buffer("levels", q._levels.to(torch.float64))
+        self.register_buffer("thresholds", q._thresholds.to(torch.float64))
+        self.register_buffer("mu", act.mu.detach().clone())
+        self.register_buffer("reach", torch.tensor(grid_reach(q), dtype=torch.float64))
+        self.register_buffer("r_min", torch.tensor(SCALE_FLOOR, dtype=torch.float64))
 
     def forward(self, x):
         acc = compute_dtype(x.dtype)
