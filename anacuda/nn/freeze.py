@@ -70,7 +70,8 @@ class HardTokenQuantizer(nn.Module):
     def __init__(self, act: DynamicScaleANA):
         super().__init__()
         if act.rule != "absmax_per_token":
-            raise ValueError(f"anacuda.freeze: HardTokenQuantizer freezes the rule 'absmax_per_token', got {act.rule!r}")
+            raise ValueError(f"anacuda.freeze: HardTokenQuantizer freezes the rule 'absmax_per_token', got "
+                             f"{act.rule!r}")
         q = act.quantizer
         # In float64, rounded to the input's compute dtype in forward as the op rounds them (r_min =
         # 1e-5 differs in float32 and float64). Tensors, not Python numbers: CUDA divides by a host
