@@ -2,7 +2,9 @@
 levels, dequantised by DequantizeLinear with eps as the per-output-channel scale, so the
 dequantised weight equals the frozen one bit for bit (one float32 product per element, as in
 levels[codes] · eps). Activation quantisers stay the comparisons of HardQuantizer (SPEC §1: on
-a threshold goes up; QuantizeLinear rounds half to even and is not used). Grids whose levels
+a threshold goes up; QuantizeLinear rounds half to even and is not used), HardTokenQuantizer's
+per-token scale a ReduceMax. A frozen converted transformer's layers (FrozenTernaryLinear,
+TernaryMultiheadAttention's FrozenProjection) keep their own forward around the QDQ weight. Grids whose levels
 are not integers in [-128, 127] (int8) or [0, 255] (uint8) are refused, as are eps layouts other
 than per tensor or per output channel. Exported with torch.onnx.export (the torch.export-based
 exporter, which needs onnxscript)."""
