@@ -117,6 +117,23 @@ def test_frozen_ternary_linear_equals_the_layer_in_eval_and_stores_2_bits(kind):
     round_trip(frozen, freeze(nn.Sequential(LAYERS[kind]())))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_frozen_ternary_linear_in_other_dtypes_and_with_mu(dtype):
+    """eps in the op's compute dtype (float32 for half types), the weight cast back as the op
+    casts it; μ ≠ 0 (a NoiseController's) on both quantisers."""
+    torch.manual_seed(0)
+    layer = TernaryLinear(64, 16, dtype=dtype, norm=True, weight_scale="absmean_per_channel")
+    layer.weight_quant.mu.fill_(0.2)
+    layer.input_quant.mu.fill_(-0.1)
+    model = nn.Sequential(layer).eval()
+    frozen = freeze(model)
+    x = (torch.randn(3, 5, 64) * 4).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), model(x))
+    assert frozen[0].weight.dtype == dtype and frozen[0].eps.dtype == (dtype if dtype == torch.float64 else
+                                                                          torch.float32)
+
+
 def test_a_standalone_per_token_quantiser_is_frozen_and_other_rules_stay_live():
     model = nn.Sequential(DynamicScaleANA("absmax_per_token"), DynamicScaleANA("absmax", Quantizer.ternary()))
     frozen = freeze(model)
