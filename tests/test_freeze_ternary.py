@@ -321,6 +321,8 @@ def test_hf_bitnet_refuses_input_quantisers_and_norms_it_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match=r"layer '0' has eps of shape \(4, 1\) with different values"):
         anacuda.export(freeze(nn.Sequential(BitLinear(8, 4, weight_scale="absmax_per_channel"))), out,
                        format="hf-bitnet")
+    with pytest.warns(UserWarning, match=r"1 activation quantisers \(first '1'\) are not part of the format"):
+        anacuda.export(freeze(nn.Sequential(BitLinear(8, 4), DynamicScaleANA())), out, format="hf-bitnet")
     with pytest.warns(UserWarning, match=r"layer '0' has no input quantiser"):
         anacuda.export(freeze(nn.Sequential(TernaryLinear(8, 4, activation_bits=None))), out, format="hf-bitnet")
 

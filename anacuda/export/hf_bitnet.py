@@ -23,9 +23,9 @@ import warnings
 
 import torch
 
-from .common import (check_frozen, frozen_keys, frozen_layers, require, require_linear, require_ternary,
+from .common import (QUANTISERS, check_frozen, frozen_keys, frozen_layers, require, require_linear, require_ternary,
                      tensor_scale)
-from ..nn.freeze import FrozenTernaryLinear, HardQuantizer
+from ..nn.freeze import FrozenTernaryLinear
 
 BITNET_INPUT_LEVELS = tuple(float(v) for v in range(-128, 128))  # transformers' activation_quant: int8
 
@@ -65,15 +65,15 @@ def bitnet_state_dict(model, linear_class: str = "autobitlinear") -> tuple[dict,
             if m.norm is not None:  # transformers' BitLinear / AutoBitLinear call it rms_norm
                 out[f"{name}.rms_norm.weight"] = m.norm.weight.detach().cpu().contiguous().clone()
     rms_norm_eps(model)  # one norm setting for all layers, or refused
-    quantisers = [name for name, m in model.named_modules() if isinstance(m, HardQuantizer)]
+    # The ternary layers' own norms and input quantisers (written above, or the format's own).
+    own = [f"{n}.{part}" for n, m in frozen_layers(model) if isinstance(m, FrozenTernaryLinear)
+           for part in ("norm", "input_quant") if getattr(m, part) is not None]
+    quantisers = [name for name, m in model.named_modules() if isinstance(m, QUANTISERS) and name not in own]
     if quantisers:
         warnings.warn(f"anacuda.export(format='hf-bitnet'): {len(quantisers)} activation quantisers (first "
                       f"{quantisers[0]!r}) are not part of the format and are left out; transformers' BitLinear "
                       "quantises activations to 8 bits per token instead", stacklevel=3)
-    # Left out: the frozen weights, activation quantisers, and the ternary layers' own parts (written above).
-    own = quantisers + [f"{n}.{part}" for n, m in frozen_layers(model) if isinstance(m, FrozenTernaryLinear)
-                        for part in ("norm", "input_quant") if getattr(m, part) is not None]
-    skip = frozen_keys(model) | {k for q in own for k in model.get_submodule(q).state_dict(prefix=f"{q}.")}
+    skip = frozen_keys(model) | {k for q in own + quantisers for k in model.get_submodule(q).state_dict(prefix=f"{q}.")}
     for key, t in model.state_dict().items():
         if key not in skip:
             out[key] = t.detach().cpu().contiguous().clone()
