@@ -9,8 +9,14 @@ import torch
 from torch import nn
 
 from ..nn.activation import ANAActivation
-from ..nn.freeze import FrozenConv, FrozenLinear, HardQuantizer, _FrozenWeight
+from ..nn.attention import _Projection
+from ..nn.freeze import FrozenConv, FrozenLinear, FrozenProjection, HardQuantizer, HardTokenQuantizer, _FrozenWeight
 from ..nn.layers import AlphaBlendWeight, ANAWeight
+from ..nn.ternary import DynamicScaleANA, TernaryLinear
+
+#: Layers that train (anacuda.freeze replaces them), and what a frozen model holds.
+LIVE = (ANAWeight, AlphaBlendWeight, ANAActivation, TernaryLinear, DynamicScaleANA, _Projection)
+QUANTISERS = (HardQuantizer, HardTokenQuantizer)
 
 TERNARY = (-1.0, 0.0, 1.0)
 
@@ -27,11 +33,16 @@ def require(module: str, pip_name: str, fmt: str):
 def check_frozen(model, fmt: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"anacuda.export: model must be a torch.nn.Module, got {type(model).__name__}")
-    live = [name for name, m in model.named_modules() if isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation))]
+    live = [(name, m) for name, m in model.named_modules() if isinstance(m, LIVE)]
     if live:
+        name, m = live[0]
+        if isinstance(m, DynamicScaleANA) and m.rule != "absmax_per_token":
+            raise ValueError(f"anacuda.export(format={fmt!r}): layer {name!r} is a DynamicScaleANA with the rule "
+                             f"{m.rule!r}; anacuda.freeze keeps it live (only 'absmax_per_token' has a frozen form, "
+                             "HardTokenQuantizer) and no format holds it")
         raise ValueError(f"anacuda.export(format={fmt!r}): the model is not frozen ({len(live)} training layers, "
-                         f"first {live[0]!r}); export anacuda.freeze(model)")
-    if not any(isinstance(m, (_FrozenWeight, HardQuantizer)) for m in model.modules()):
+                         f"first {name!r}, a {type(m).__name__}); export anacuda.freeze(model)")
+    if not any(isinstance(m, (_FrozenWeight,) + QUANTISERS) for m in model.modules()):
         raise ValueError(f"anacuda.export(format={fmt!r}): the model has no frozen anacuda layers; convert it with "
                          "anacuda.convert, train it, and export anacuda.freeze(model)")
 
@@ -46,7 +57,8 @@ def frozen_keys(model) -> set[str]:
 
 
 def require_linear(name: str, m, fmt: str) -> None:
-    if not isinstance(m, FrozenLinear):
+    """A weight matrix: a frozen Linear, or a frozen projection of an attention (in_proj_weight)."""
+    if not isinstance(m, (FrozenLinear, FrozenProjection)):
         kind = "a convolution" if isinstance(m, FrozenConv) else type(m).__name__
         raise ValueError(f"anacuda.export(format={fmt!r}): layer {name!r} is {kind}; this format holds the weights "
                          "of Linear layers only (use format='onnx' for convolutions)")

@@ -5,7 +5,10 @@ A frozen ternary Linear weight maps exactly when eps is one value per tensor or 
 (a block never straddles rows): its codes are the block's trits and d = float16(eps). The only
 change is that rounding of eps (relative error at most 2^-11 in float16's normal range; other
 eps are refused). Every other state_dict entry is written as it is (float32 for bfloat16). The
-trits are packed by the gguf package's own quantiser, then d is set from eps."""
+trits are packed by the gguf package's own quantiser, then d is set from eps. A frozen converted
+transformer's layers are weight matrices too: FrozenTernaryLinear (its RMSNorm and per-token
+input quantiser's buffers written as they are) and TernaryMultiheadAttention's in-projection
+(FrozenProjection, as `<layer>.weight`)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 levels, dequantised by DequantizeLinear with eps as the per-output-channel scale, so the
 dequantised weight equals the frozen one bit for bit (one float32 product per element, as in
 levels[codes] · eps). Activation quantisers stay the comparisons of HardQuantizer (SPEC §1: on
-a threshold goes up; QuantizeLinear rounds half to even and is not used). Grids whose levels
+a threshold goes up; QuantizeLinear rounds half to even and is not used), HardTokenQuantizer's
+per-token scale a ReduceMax. A frozen converted transformer's layers (FrozenTernaryLinear,
+TernaryMultiheadAttention's FrozenProjection) keep their own forward around the QDQ weight. Grids whose levels
 are not integers in [-128, 127] (int8) or [0, 255] (uint8) are refused, as are eps layouts other
 than per tensor or per output channel. Exported with torch.onnx.export (the torch.export-based
 exporter, which needs onnxscript)."""
@@ -38,6 +40,17 @@ class _QDQConv(_DequantizedWeight, FrozenConv):
     pass
 
 
+_QDQ = {FrozenLinear: _QDQLinear, FrozenConv: _QDQConv}
+
+
+def _qdq_class(cls: type) -> type:
+    """The QDQ twin of a frozen weight class (FrozenTernaryLinear, FrozenProjection, ...): its own
+    forward, with the weight dequantised."""
+    if cls not in _QDQ:
+        _QDQ[cls] = type(f"_QDQ{cls.__name__}", (_DequantizedWeight, cls), {"__module__": __name__})
+    return _QDQ[cls]
+
+
 def _to_qdq(name: str, m) -> None:
     """Turn frozen layer `m` (a copy) into its QDQ twin, in place."""
     levels = m.levels
@@ -52,7 +65,7 @@ def _to_qdq(name: str, m) -> None:
     q = levels[m.codes.long()].to(dtype)
     for b in ("packed", "codes", "levels", "eps"):
         m._buffers.pop(b, None)
-    m.__class__ = _QDQLinear if isinstance(m, FrozenLinear) else _QDQConv
+    m.__class__ = _qdq_class(type(m))
     m.register_buffer("weight_q", q)
     m.register_buffer("weight_scale", scale)
     m.storage_range = (lo, hi)

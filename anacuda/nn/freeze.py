@@ -1,6 +1,9 @@
 """anacuda.freeze: the deployed network. Weights are stored as integer codes (indices of the
 quantiser's levels) plus eps, at 2 bits per weight (four codes per byte, SPEC §10) on grids of
-at most four levels such as ternary; activations are hard quantisers. Plain PyTorch ops only
+at most four levels such as ternary; activations are hard quantisers. The ternary layers of
+transformers (TernaryLinear / BitLinear, TernaryMultiheadAttention's in-projection) keep their
+dynamic weight scale as the eps of the trained weight and their per-token input quantiser as
+HardTokenQuantizer. Plain PyTorch ops only
 (no searchsorted), so the result runs without the extension's kernels and exports with
 torch.export and to ONNX (anacuda.export)."""
 
@@ -13,9 +16,11 @@ from torch import nn
 
 from .. import distributed
 from ..export.packing import CODES_PER_BYTE, pack2, unpack2
+from ..quantizer import SCALE_FLOOR, compute_dtype, grid_reach
 from .activation import ANAActivation
+from .attention import TernaryMultiheadAttention
 from .layers import AlphaBlendWeight, ANAWeight
-from .ternary import DynamicScaleANA
+from .ternary import DynamicScaleANA, TernaryLinear
 
 
 def _code_dtype(n: int) -> torch.dtype:
@@ -56,6 +61,48 @@ class HardQuantizer(nn.Module):
         return torch.where(torch.isnan(u), u, y).to(x.dtype)
 
 
+class HardTokenQuantizer(nn.Module):
+    """The eval-mode per-token input quantiser of TernaryLinear / BitLinear (DynamicScaleANA with
+    the rule absmax_per_token), in plain PyTorch: eps = max(max |x| over the last dimension,
+    r_min) / c (SPEC §9; NaN for a token holding a NaN or ±inf), then y = eps · Q(x / eps − μ)
+    as HardQuantizer, with the op's arithmetic in the op's order: equal to it bit for bit."""
+
+    def __init__(self, act: DynamicScaleANA):
+        super().__init__()
+        if act.rule != "absmax_per_token":
+            raise ValueError(f"anacuda.freeze: HardTokenQuantizer freezes the rule 'absmax_per_token', got "
+                             f"{act.rule!r}")
+        q = act.quantizer
+        # In float64, rounded to the input's compute dtype in forward as the op rounds them (r_min =
+        # 1e-5 differs in float32 and float64). Tensors, not Python numbers: CUDA divides by a host
+        # scalar as a product with its reciprocal.
+        self.register_buffer("levels", q._levels.to(torch.float64))
+        self.register_buffer("thresholds", q._thresholds.to(torch.float64))
+        self.register_buffer("mu", act.mu.detach().clone())
+        self.register_buffer("reach", torch.tensor(grid_reach(q), dtype=torch.float64))
+        self.register_buffer("r_min", torch.tensor(SCALE_FLOOR, dtype=torch.float64))
+
+    def forward(self, x):
+        acc = compute_dtype(x.dtype)
+        xa = x.to(acc)
+        r = xa.abs().amax(dim=-1, keepdim=True)
+        r = torch.where(torch.isfinite(r), r, torch.full_like(r, float("nan")))
+        eps = torch.maximum(r, self.r_min.to(acc)) / self.reach.to(acc)  # maximum keeps a NaN
+        u = xa / eps - self.mu.to(acc)
+        y = eps * self.levels.to(acc)[level_index(self.thresholds.to(acc), u)]
+        return torch.where(torch.isnan(u), u, y).to(x.dtype)
+
+
+def _dynamic_weight(weight: torch.Tensor, quant: DynamicScaleANA):
+    """(eps, levels, the eval-mode quantised weight) of a weight quantised by a DynamicScaleANA:
+    eps computed once from the trained weight by the op that quantises it in eval mode."""
+    with torch.no_grad():
+        w = weight.detach()
+        eps = torch.ops.anacuda._dynamic_eps(w, quant.rule, grid_reach(quant.quantizer), SCALE_FLOOR)
+        levels = quant.quantizer._levels.to(device=w.device, dtype=compute_dtype(w.dtype))
+        return eps.to(levels.dtype), levels, quant.eval()(w)
+
+
 class _FrozenWeight:
     """The weight as codes + levels + eps. Grids of at most four levels store the codes packed
     (buffer `packed`, 2 bits each), larger ones as integers (buffer `codes`); `codes` reads
@@ -65,21 +112,28 @@ class _FrozenWeight:
         with torch.no_grad():
             eps = layer.weight_eps().detach().float()
             levels = layer.quantizer._levels.to(device=layer.weight.device, dtype=torch.float32)
-            # The eval-mode quantised weight, and the nearest level of each entry.
-            wq = layer.eval().quantized_weight().detach().float()
+            wq = layer.eval().quantized_weight().detach()
+        self._store(layer.weight, eps, levels, wq)
+
+    def _store(self, weight, eps, levels, wq):
+        """Codes + levels + eps of `wq`, the eval-mode quantised `weight`: levels[codes] · eps in
+        eps's dtype, cast to the weight's (frozen_weight), must give it back exactly."""
+        with torch.no_grad():
+            wq = wq.detach().to(weight.dtype)
+            # The nearest level of each entry.
             mid = (levels[1:] + levels[:-1]) / 2
-            codes = torch.searchsorted(mid.contiguous(), (wq / eps).contiguous())
-            if not torch.equal(levels[codes] * eps, wq):
+            codes = torch.searchsorted(mid.contiguous(), (wq.to(eps.dtype) / eps).contiguous())
+            if not torch.equal((levels[codes] * eps).to(weight.dtype), wq):
                 raise RuntimeError("anacuda.freeze: the quantised weight is not on the quantiser's levels "
                                    "(levels must be increasing for freeze)")
-        self.weight_shape = tuple(layer.weight.shape)
+        self.weight_shape = tuple(weight.shape)
         if levels.numel() <= CODES_PER_BYTE:
             self.register_buffer("packed", pack2(codes))
         else:
             self.register_buffer("codes", codes.to(_code_dtype(levels.numel())))
         self.register_buffer("levels", levels)
         self.register_buffer("eps", eps)
-        self.weight_dtype = layer.weight.dtype
+        self.weight_dtype = weight.dtype
 
     @property
     def codes(self) -> torch.Tensor:
@@ -118,6 +172,60 @@ class FrozenLinear(_FrozenWeight, nn.Module):
         return nn.functional.linear(x, self.frozen_weight(), self.bias)
 
 
+class FrozenTernaryLinear(FrozenLinear):
+    """TernaryLinear / BitLinear frozen: y = linear(A(norm(x)), levels[codes] · eps, bias), the
+    ternary codes packed at 2 bits per weight, eps the weight scale (absmean, ... per tensor or
+    per output channel) of the trained weight, A its per-token input quantiser as a
+    HardTokenQuantizer (or none), norm its RMSNorm (or none)."""
+
+    def __init__(self, layer: TernaryLinear):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self._store(layer.weight, *_dynamic_weight(layer.weight, layer.weight_quant))
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        self.norm = layer.norm
+        self.input_quant = None if layer.input_quant is None else HardTokenQuantizer(layer.input_quant)
+
+    def forward(self, x):
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return super().forward(x)
+
+
+class FrozenProjection(_FrozenWeight, nn.Module):
+    """A projection of TernaryMultiheadAttention frozen (its in-projection, or q/k/v): the weight
+    that the attention held in float (in_proj_weight, ...; freeze removes it) as codes + eps, the
+    input's RMSNorm and quantiser kept. The attention reads it as it reads a live projection:
+    `inputs(x)` and `weight_quant(weight)`, here the frozen weight (weight is None)."""
+
+    def __init__(self, proj, weight: torch.Tensor):
+        super().__init__()
+        self._store(weight, *_dynamic_weight(weight, proj.weight_quant))
+        self.norm = proj.norm
+        self.input_quant = None if proj.input_quant is None else HardTokenQuantizer(proj.input_quant)
+
+    def inputs(self, x):
+        if self.norm is not None:
+            x = self.norm(x)
+        return x if self.input_quant is None else self.input_quant(x)
+
+    def weight_quant(self, weight=None):
+        return self.frozen_weight()
+
+
+def _freeze_attention(mha: TernaryMultiheadAttention) -> None:
+    """The in-projection (or q/k/v projections) of `mha` frozen in place; out_proj is a
+    TernaryLinear that freeze's walk freezes."""
+    for proj, weight in (("in_proj_quant", "in_proj_weight"), ("q_proj_quant", "q_proj_weight"),
+                         ("k_proj_quant", "k_proj_weight"), ("v_proj_quant", "v_proj_weight")):
+        if hasattr(mha, proj) and getattr(mha, weight) is not None:
+            frozen = FrozenProjection(getattr(mha, proj), getattr(mha, weight))
+            setattr(mha, proj, frozen.to(getattr(mha, weight).device).eval())
+            setattr(mha, weight, None)  # the float weight is gone; the projection holds its codes
+
+
 class FrozenConv(_FrozenWeight, nn.Module):
     def __init__(self, layer: nn.modules.conv._ConvNd):
         super().__init__()
@@ -140,7 +248,9 @@ class FrozenConv(_FrozenWeight, nn.Module):
 def freeze(model: nn.Module) -> nn.Module:
     """An inference copy of a converted model: ANA and alpha-blending weight layers become
     FrozenLinear / FrozenConv (integer codes + eps; 2 bits per weight on grids of at most four
-    levels), ANAActivation becomes HardQuantizer. Its outputs equal the eval-mode outputs of
+    levels), ANAActivation becomes HardQuantizer; TernaryLinear / BitLinear become
+    FrozenTernaryLinear, TernaryMultiheadAttention's in-projection a FrozenProjection, and a
+    per-token DynamicScaleANA a HardTokenQuantizer. Its outputs equal the eval-mode outputs of
     `model`; it is in eval mode and exports with torch.export and anacuda.export.
 
     A model sharded by FSDP2 (``fully_shard``) or tensor parallelism (DTensor parameters) is
@@ -148,19 +258,24 @@ def freeze(model: nn.Module) -> nn.Module:
     plain tensors and none of the hooks that torch.distributed added."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"anacuda.freeze: model must be a torch.nn.Module, got {type(model).__name__}")
-    # DynamicScaleANA: the quantisers of TernaryLinear / BitLinear / TernaryMultiheadAttention, left
-    # as they are (in eval mode they are already the hard network).
     if not any(isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation, DynamicScaleANA)) for m in model.modules()):
         raise ValueError("anacuda.freeze: the model has no anacuda layers to freeze (convert it with anacuda.convert "
                          "and train it first)")
     # torch cannot deep-copy a module that FSDP2 shards: gather it (every rank calls freeze).
     model = (distributed.gathered_copy(model) if distributed.is_sharded(model) else copy.deepcopy(model)).eval()
+    for m in list(model.modules()):
+        if isinstance(m, TernaryMultiheadAttention):
+            _freeze_attention(m)
     for name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, (ANAWeight, AlphaBlendWeight)):
                 new = FrozenLinear(child) if isinstance(child, nn.Linear) else FrozenConv(child)
             elif isinstance(child, ANAActivation):
                 new = HardQuantizer(child)
+            elif isinstance(child, TernaryLinear):
+                new = FrozenTernaryLinear(child)
+            elif isinstance(child, DynamicScaleANA) and child.rule == "absmax_per_token":
+                new = HardTokenQuantizer(child)
             else:
                 continue
             setattr(parent, child_name, new.to(next(child.buffers()).device).eval())
