@@ -130,7 +130,8 @@ class TernaryLinear(nn.Linear):
     A group has one start σ: quantisers with different σ in one group are refused.
 
     The input needs a token dimension: shape (..., tokens, in_features); a 0-d or 1-d input is
-    refused. ``freeze`` leaves this layer as it is (in eval mode it is already the hard network).
+    refused. ``freeze`` makes it a ``FrozenTernaryLinear`` (packed trits, the eval forward's eps,
+    the norm, a ``HardTokenQuantizer`` for the input): equal to this layer in eval mode.
 
     ``blend=True`` phases both quantisers in with the λ warm-up of Hugging Face's 1.58-bit
     fine-tuning (``x + λ (q − x)``, λ = α of an ``anacuda.AlphaController``; see DynamicScaleANA).
