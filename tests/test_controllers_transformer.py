@@ -16,12 +16,7 @@ from anacuda.nn import AlphaController, BitLinear, NoiseController, TernaryLinea
 from conftest import bitnet_activation_quant as activation_quant, bitnet_weight_quant as weight_quant
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tiny tensors: one thread
 
 
 class Block(nn.Module):

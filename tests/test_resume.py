@@ -13,13 +13,7 @@ from torch import nn
 
 from anacuda.nn import AlphaController, NoiseController, convert
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (on a loaded machine two OpenMP threads made each test 20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tiny tensors: one thread
 
 
 T = 6  # the annealing horizon; training stops at t = 2 and resumes to t = 5 (sigma > 0 throughout)
