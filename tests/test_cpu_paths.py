@@ -184,3 +184,32 @@ def test_identity_backward_is_the_functor(dtype):
         fast, functors = both(lambda: ops._ana_backward(*args))
         assert_equal(fast, functors, msg=f"eps shape {tuple(eps.shape)}")
         assert torch.isnan(fast).sum() == torch.isnan(x).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_learned_eps_backward_is_the_functor(dtype):
+    """A learned eps's backward on the fast path (cpu/learned_scale.cpp: LSQ and its relatives, a
+    hard forward with a uniform backward noise, blocks over every threshold) against the functors'
+    loop, bit for bit: grad_x and eps's gradient, per channel and per tensor, on thresholds, box
+    edges, NaN and infinities; and the configurations the fast path leaves to the functors."""
+    for qname in ["ternary", "uniform4", "uniform5", "arbitrary", "uniform8"]:
+        q = QUANTIZERS[qname]
+        lv, th = q.tables(torch.device("cpu"), dtype)
+        u = torch.cat([span(q, 0.5, 0.1, n=301), f64([float("nan"), float("inf"), -float("inf"), 0.0])])
+        u = u[: 6 * (u.numel() // 6)]
+        eps_c = f64([0.5, 1.25, 2.0, 0.75, 1.0, 3.0]).reshape(6, 1)
+        cases = [(u.reshape(6, -1), eps_c), (u, f64(0.75)), (u.reshape(2, 3, -1), f64([0.5, 1.25, 2.0]).reshape(3, 1))]
+        for x64, eps in cases:
+            x = (x64 * eps).to(dtype)
+            g = torch.cos(torch.arange(x.numel(), dtype=torch.float64)).reshape(x.shape).to(dtype)
+            for noise, strategy, sigma, training, mu, mu_b, sigma_b in [
+                    ("uniform", "mode", 0.5, True, 0.0, 0.0, 0.5),      # LSQ (ste.lsq)
+                    ("uniform", "mode", 0.2, True, 0.1, -0.1, 0.3),
+                    ("normal", "expectation", 0.3, False, 0.1, 0.0, 0.5),  # eval: the hard stair
+                    ("normal", "expectation", 0.3, True, 0.0, 0.0, 0.5)]:  # smooth: the functors' loop
+                args = (g, x, lv, th, q.uniform_grid, eps.to(dtype if dtype != torch.bfloat16 else torch.float32),
+                        noise, f64(mu), f64(sigma), strategy, training, None, "uniform", f64(mu_b), f64(sigma_b))
+                (gx_f, ge_f), (gx_g, ge_g) = both(lambda: ops._ana_backward_eps(*args))
+                msg = f"{qname} {noise} {strategy} sigma={sigma} training={training} eps {tuple(eps.shape)}"
+                assert_equal(gx_f, gx_g, msg=msg)
+                assert_equal(ge_f, ge_g, msg=msg)
