@@ -151,6 +151,7 @@ def main(argv=None) -> None:
     mesh = init_device_mesh("cuda" if cuda else "cpu", (dist.get_world_size(),))
     for parallel in [args.parallel] if args.parallel else ["fsdp", "tp"]:
         train(parallel, args.steps, mesh, args.checkpoint)
+    dist.barrier()  # no rank tears the process group down while another still uses it
     dist.destroy_process_group()
 
 
