@@ -54,7 +54,10 @@ def rule_scale(x: torch.Tensor, rule: str, reach: float, r_min: float) -> torch.
     else:
         n = math.prod(x.shape[d] for d in dims)
         r = (_reduced(a.to(torch.float64).sum(dim=dims, keepdim=keep)) / n).to(a.dtype) if dims else a
-    return torch.where(r < math.inf, r.clamp(min=r_min) / reach, math.nan)
+    # Divided by a tensor: CUDA divides by a Python number as a product with its reciprocal, the
+    # op divides (as HardTokenQuantizer does too).
+    c = torch.tensor(reach, dtype=r.dtype, device=r.device)
+    return torch.where(r < math.inf, r.clamp(min=r_min) / c, math.nan)
 
 
 def _reduced(t: torch.Tensor) -> torch.Tensor:

@@ -63,20 +63,14 @@ template <NoiseKind N, Strategy S, typename T> struct AnaEpsGrad {
 // * grad, is composed in anacuda/ops.py.
 template <typename T> struct BlendEpsGrad {
   static constexpr bool kRandom = false;
-  BlendParams<T> p;
-  T alpha;
-  bool ok;
+  AlphaBlend<T> blend;  // the forward functor: its parameters and their checks
   uint64_t seed = 0, stream = 0;
 
-  C10_HOST_DEVICE inline void init() {
-    init_grid(p.grid);
-    alpha = p.alpha.get();
-    ok = alpha >= T(0) && alpha <= T(1);
-  }
+  C10_HOST_DEVICE inline void init() { blend.init(); }
   C10_HOST_DEVICE inline EpsGrad<T> operator()(int64_t i, T g, T w, uint32_t) const {
-    const T e = p.eps.at(i);
-    if (!ok || !valid_eps(e)) return {quiet_nan<T>(), quiet_nan<T>()};
-    return {g * (T(1) - alpha), g * alpha * hard_stair(p.grid, w / e)};
+    const T e = blend.p.eps.at(i), alpha = blend.alpha;
+    if (!blend.ok || !valid_eps(e)) return {quiet_nan<T>(), quiet_nan<T>()};
+    return {g * (T(1) - alpha), g * alpha * hard_stair(blend.p.grid, w / e)};
   }
 };
 

@@ -189,9 +189,9 @@ void alpha_blend(const BlendCall& c, const EpsReduction& r, bool elementwise, co
                  const at::Tensor& w, const at::Tensor& ge) {
   ANACUDA_DISPATCH_FLOATING(w.scalar_type(), "anacuda::_alpha_blend_backward_eps", [&] {
     using T = at::opmath_type<scalar_t>;
-    eps_grad_loop<scalar_t>(BlendEpsGrad<T>{c.params<T>()}, r, elementwise, grad.const_data_ptr<scalar_t>(),
-                            w.const_data_ptr<scalar_t>(), static_cast<scalar_t*>(nullptr), ge.mutable_data_ptr<T>(),
-                            w.numel());
+    eps_grad_loop<scalar_t>(BlendEpsGrad<T>{AlphaBlend<T>{c.params<T>()}}, r, elementwise,
+                            grad.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                            static_cast<scalar_t*>(nullptr), ge.mutable_data_ptr<T>(), w.numel());
   });
 }
 

@@ -124,7 +124,8 @@ void alpha_blend(const BlendCall& c, const EpsReduction& r, bool elementwise, co
                  const at::Tensor& w, const at::Tensor& ge) {
   ANACUDA_DISPATCH_FLOATING(w.scalar_type(), "anacuda::_alpha_blend_backward_eps", [&] {
     using T = at::opmath_type<scalar_t>;
-    launch<scalar_t>(BlendEpsGrad<T>{c.params<T>()}, r, elementwise, grad, w, static_cast<scalar_t*>(nullptr), ge);
+    launch<scalar_t>(BlendEpsGrad<T>{AlphaBlend<T>{c.params<T>()}}, r, elementwise, grad, w,
+                     static_cast<scalar_t*>(nullptr), ge);
   });
 }
 
