@@ -197,10 +197,13 @@ def _alpha_blend_dynamic_fake(w, levels, thresholds, uniform_grid, rule, reach, 
 
 
 # The scale is a constant of the step (no gradient through it, SPEC §9): the backward is §5's at it.
+# The identity backward needs no x: a scale is NaN exactly where its group holds a NaN or +-inf
+# (SPEC §9), so "NaN where x / eps is NaN" is "NaN where eps is", and grad in x's place gives it.
+# Nothing of the input's size is kept for it (as BitNet's x + (q - x).detach() keeps nothing).
 def _ana_dynamic_setup_context(ctx, inputs, output):
     x, levels, thresholds, uniform_grid = inputs[:4]
     noise_b, mu_b, sigma_b = inputs[13:]
-    ctx.save_for_backward(x, output[1], levels, thresholds, mu_b, sigma_b)
+    ctx.save_for_backward(None if noise_b == "identity" else x, output[1], levels, thresholds, mu_b, sigma_b)
     ctx.mark_non_differentiable(output[1])
     ctx.uniform_grid = uniform_grid
     ctx.noise_b = noise_b
@@ -210,8 +213,8 @@ def _ana_dynamic_backward(ctx, grad, _grad_eps):
     if not ctx.needs_input_grad[0]:
         return (None,) * 16
     x, eps, levels, thresholds, mu_b, sigma_b = ctx.saved_tensors
-    gx = torch.ops.anacuda._ana_dynamic_backward(grad, x, eps, levels, thresholds, ctx.uniform_grid, ctx.noise_b,
-                                                 mu_b, sigma_b)
+    gx = torch.ops.anacuda._ana_dynamic_backward(grad, grad if x is None else x, eps, levels, thresholds,
+                                                 ctx.uniform_grid, ctx.noise_b, mu_b, sigma_b)
     return (gx,) + (None,) * 15
 
 

@@ -139,6 +139,25 @@ def test_ana_at_a_rule_bad_rows(device):
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("device", DEVICES)
+def test_identity_backward_keeps_no_input(device, rule):
+    """With the identity backward the op saves nothing of x's size (BitNet's x + (q - x).detach()
+    saves nothing either), and still gives NaN where x / eps is NaN: a group holding a NaN or inf
+    has a NaN scale, and nowhere else."""
+    q = QUANTIZERS["int8"]
+    x0 = _input((4, 6, 32), torch.float32, device)
+    x0[1, 2, 3], x0[2, 0, 0] = float("nan"), float("-inf")
+    g = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4)).to(device)
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        x = x0.clone().requires_grad_(True)
+        F.ana(x, q, "uniform", sigma=0.0, eps=rule, backward_noise="identity").backward(g)
+    assert sizes and max(sizes) < x0.numel(), sizes
+    eps = _eps_op(x0, q, rule)
+    assert_equal(x.grad, torch.where(torch.isnan(eps), float("nan"), g))
+    assert torch.isnan(x.grad).any() and torch.isfinite(x.grad).any() == (rule not in ("absmean", "absmax"))
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("device", DEVICES)
 def test_alpha_blend_at_a_rule(device, rule):
     q = QUANTIZERS["ternary"]
     w0 = _input((6, 5, 7), torch.float32, device, seed=3)
