@@ -44,13 +44,23 @@ def battery() -> dict:
             out[(str(dt), qn, noise, st, eps)] = (y.detach(), xr.grad)
         for qn, q in QUANTIZERS.items():
             out[(str(dt), qn, "alpha_blend")] = (F.alpha_blend(x, q, 0.3, chan.reshape(1, 5, 1)),)
+        q8 = QUANTIZERS["uniform8"]
+        for rule in ("absmax_per_token", "absmean", "absmax_per_channel", "absmean_per_channel"):  # scale_rows.h
+            out[(str(dt), "uniform8", "dynamic", rule)] = (
+                torch.ops.anacuda._dynamic_eps(x, rule, 127.0, 1e-5), F.ana(x, q8, "uniform", 0.0, 0.0, "mode", eps=rule))
+        for (qn, q), eps in itertools.product([("uniform4", QUANTIZERS["uniform4"]), ("uniform8", q8)],
+                                              ("scalar", "channel")):  # LSQ: learned_fast.h
+            e = (torch.tensor(0.05) if eps == "scalar" else chan.reshape(1, 5, 1) / 20).requires_grad_()
+            xr = x.clone().requires_grad_()
+            F.ana(xr, q, "uniform", 0.0, 0.5, "mode", eps=e).backward(torch.full_like(x, 0.75))
+            out[(str(dt), qn, "learned", eps)] = (xr.grad, e.grad)
     return out
 
 
 def _exact(key) -> tuple:
     """Which outputs (forward, gradient) both builds compute with the same operations."""
-    if key[2] == "alpha_blend":
-        return (True,)
+    if key[2] in ("alpha_blend", "dynamic", "learned"):
+        return (True, True)
     _, _, noise, strategy, _ = key
     smooth = noise in ("normal", "logistic")
     # Forward: the smooth noises' expectation sums SIMD CDFs; logistic random samples with SIMD log.

@@ -9,6 +9,7 @@
 // tests/test_cpu_paths.py compares it with the functor path element for element.
 #pragma once
 
+#include "arithmetic_grid.h"
 #include "isa_headers.h"
 #include "vec_math.h"
 
@@ -22,11 +23,17 @@ constexpr int64_t kBlockGrain = 32768;
 // per-channel eps on a channels_last input) with each element's own eps.
 constexpr int64_t kMinRun = 64;
 
+// An arithmetic grid of at least this many thresholds finds its levels by arithmetic (a dozen
+// operations) rather than by a chain of selects (a few per threshold).
+constexpr int kArithmeticMinK = 4;
+
 // The quantiser as a small table: thresholds, steps, levels, and the smallest gap.
 template <typename T> struct ThresholdTable {
   int K = 0;
   T theta[kTableMaxK], dq[kTableMaxK], q[kTableMaxK + 1];
   T min_gap;
+  bool arithmetic = false;  // levels by ag (arithmetic_grid.h)
+  ArithmeticGrid<T> ag;
 };
 
 template <typename T> bool make_threshold_table(const Grid<T>& g, ThresholdTable<T>& s) {
@@ -39,6 +46,7 @@ template <typename T> bool make_threshold_table(const Grid<T>& g, ThresholdTable
     if (t > 0) s.min_gap = std::min(s.min_gap, g.theta[t] - g.theta[t - 1]);
   }
   for (int t = 0; t <= s.K; ++t) s.q[t] = g.q[t];
+  s.arithmetic = s.K >= kArithmeticMinK && make_arithmetic_grid(g, s.ag);
   return true;
 }
 
@@ -104,8 +112,9 @@ inline void shifted(const scalar_t* x, int64_t n, EachEps<T> e, T mu, T* a) {
 }
 
 // v[j] = Q(a[j]) = q[#{t: a[j] >= theta_t}] as a chain of selects (the thresholds are sorted),
-// so no gather; a NaN a[j] gives q[0] (the callers keep the NaN).
+// so no gather, or by arithmetic; a NaN a[j] gives some level (the callers keep the NaN).
 template <typename T> inline void level_values(const ThresholdTable<T>& s, const T* a, int64_t n, T* v) {
+  if (s.arithmetic) return arithmetic_levels(s.ag, a, n, v);
   for (int64_t j = 0; j < n; ++j) v[j] = s.q[0];
   for (int t = 0; t < s.K; ++t) {
     const T th = s.theta[t], q = s.q[t + 1];
@@ -119,6 +128,20 @@ inline void hard_block(const ThresholdTable<T>& s, const T* a, int64_t n, E e, s
   T v[kBlock];
   level_values(s, a, n, v);
   for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
+}
+
+// y = eps * Q(x / eps - mu) over the whole input (NaN stays NaN).
+template <typename scalar_t, typename T>
+void arithmetic_hard_forward(const ArithmeticGrid<T>& s, const scalar_t* x, scalar_t* y, int64_t n,
+                             const EpsLayout<T>& eps, T mu) {
+  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock], v[kBlock];
+    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
+      shifted(x + i, m, e, mu, a);
+      arithmetic_levels(s, a, m, v);
+      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
+    });
+  });
 }
 
 // r[j] = the uniform number in (0, 1) of element begin + j (j < m <= kBlock): its word of its
@@ -290,9 +313,11 @@ template <typename scalar_t, typename T>
 void block_identity_backward(const scalar_t* g, const scalar_t* x, scalar_t* gx, int64_t n, const EpsLayout<T>& eps) {
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
+      const scalar_t *gi = g + i, *xi = x + i;  // locals, not the captures: the loop vectorises
+      scalar_t* out = gx + i;
       for (int64_t j = 0; j < m; ++j) {
-        const T v = static_cast<T>(x[i + j]);
-        gx[i + j] = static_cast<scalar_t>(valid_eps(e[j]) ? (v != v ? v : static_cast<T>(g[i + j])) : quiet_nan<T>());
+        const T v = static_cast<T>(xi[j]), r = v != v ? v : static_cast<T>(gi[j]);
+        out[j] = static_cast<scalar_t>(valid_eps(e[j]) ? r : quiet_nan<T>());
       }
     });
   });

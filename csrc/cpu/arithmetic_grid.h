@@ -1,13 +1,13 @@
-// CPU fast path for the hard stair of a grid with many thresholds (K > kTableMaxK: 8 bits and up)
-// whose thresholds and levels are arithmetic, theta_t = theta_0 + t s and q_k = q_0 + k dq, with s
+// The hard stair of a grid whose thresholds and levels are arithmetic, theta_t = theta_0 + t s and q_k = q_0 + k dq, with s
 // and dq powers of two and every stored value checked against the formula. Then t s is exact, so
 // theta_0 + t s is the stored threshold however the compiler contracts it, and Q(a) is found by
 // arithmetic: an estimate of the last threshold <= a, corrected by one exact comparison either way
 // (the estimate's rounding is far below one step), in branch-free loops the compiler vectorises,
-// where common/stair.h's count_le loops per element. The same levels as count_le's, NaN kept.
+// where common/stair.h's count_le loops per element and a chain of selects takes a step per
+// threshold. The same levels as count_le's, NaN kept. all_thresholds.h uses it for 4-bit grids
+// and up (level_values), and for many thresholds (arithmetic_hard_forward).
 #pragma once
 
-#include "all_thresholds.h"
 #include "isa_headers.h"
 
 namespace anacuda {
@@ -47,20 +47,6 @@ template <typename T> inline void arithmetic_levels(const ArithmeticGrid<T>& s, 
     i = (i < s.last && a[j] >= s.theta0 + (i + T(1)) * s.step) ? i + T(1) : i;
     v[j] = s.q0 + (i + T(1)) * s.dq;
   }
-}
-
-// y = eps * Q(x / eps - mu) over the whole input (NaN stays NaN).
-template <typename scalar_t, typename T>
-void arithmetic_hard_forward(const ArithmeticGrid<T>& s, const scalar_t* x, scalar_t* y, int64_t n,
-                             const EpsLayout<T>& eps, T mu) {
-  at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
-    T a[kBlock], v[kBlock];
-    for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
-      shifted(x + i, m, e, mu, a);
-      arithmetic_levels(s, a, m, v);
-      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
-    });
-  });
 }
 
 }  // namespace CPU_CAPABILITY

@@ -1,87 +1,43 @@
-// The CPU reduction of the dynamic scales (ops/dynamic_kernels.h): each row cut into fixed chunks,
-// each chunk reduced in kLanes interleaved accumulators (so that the loop pipelines), the lanes
-// and then the chunks combined in order. The result depends on neither the number of threads nor
-// the CPU path.
-#include <ATen/OpMathType.h>
+// The CPU side of the dynamic scales (ops/dynamic_kernels.h): the reduction (cpu/scale_rows.h,
+// in the build of the CPU kernels that runs) and ana at the scale of rows in one pass.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <limits>
-#include <type_traits>
-#include <vector>
 
-#include "../common/dispatch.h"
 #include "../ops/dynamic_kernels.h"
+#include "kernel_table.h"
 
 namespace anacuda {
-namespace {
-
-constexpr int64_t kChunk = 8192;  // elements
-constexpr int kLanes = 8;
-
-template <typename scalar_t, typename R> typename R::acc_t chunk_partial(const scalar_t* x, int64_t n) {
-  using T = at::opmath_type<scalar_t>;
-  if constexpr (R::kMax) {  // the max: NaN noted apart in lanes of T, so that the loop vectorises
-    T lane[kLanes] = {}, nan[kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-      for (int j = 0; j < kLanes; ++j) {
-        const T a = R::element(static_cast<T>(x[i + j]));
-        nan[j] = a != a ? T(1) : nan[j];
-        lane[j] = std::max(lane[j], a);  // a NaN a keeps lane[j]: it is noted in nan[j]
-      }
-    for (int j = 0; i < n; ++i, ++j) lane[j] = R::combine(lane[j], R::element(static_cast<T>(x[i])));
-    T any_nan = T(0);
-    for (int j = 0; j < kLanes; ++j) any_nan += nan[j];
-    T r = any_nan != T(0) ? std::numeric_limits<T>::quiet_NaN() : lane[0];
-    for (int j = 1; j < kLanes; ++j) r = R::combine(r, lane[j]);
-    return r;
-  }
-  typename R::acc_t lane[kLanes];
-  for (int j = 0; j < kLanes; ++j) lane[j] = R::identity();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] = R::combine(lane[j], R::element(static_cast<T>(x[i + j])));
-  for (int j = 0; i < n; ++i, ++j) lane[j] = R::combine(lane[j], R::element(static_cast<T>(x[i])));
-  typename R::acc_t r = lane[0];
-  for (int j = 1; j < kLanes; ++j) r = R::combine(r, lane[j]);
-  return r;
-}
-
-template <typename scalar_t, bool kMean> void reduce_rows(const ScaleCall& c, const scalar_t* x, at::opmath_type<scalar_t>* eps) {
-  using T = at::opmath_type<scalar_t>;
-  using R = AbsReduce<T, kMean>;
-  const ScaleRows rows = c.rows;
-  const int64_t nc = rows.chunks();
-  std::vector<typename R::acc_t> part(static_cast<size_t>(rows.M * nc));
-  const int64_t per_item = std::max<int64_t>(1, std::min(rows.L, rows.chunk));
-  at::parallel_for(0, rows.M * nc, std::max<int64_t>(1, 16384 / per_item), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t row = item / nc, start = (item % nc) * rows.chunk;
-      const int64_t n = std::max<int64_t>(0, std::min(rows.chunk, rows.L - start));
-      part[item] = chunk_partial<scalar_t, R>(x + row * rows.L + start, n);
-    }
-  });
-  const T r_min = static_cast<T>(c.r_min), reach = static_cast<T>(c.reach);
-  at::parallel_for(0, rows.M, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      typename R::acc_t r = part[row * nc];
-      for (int64_t k = 1; k < nc; ++k) r = R::combine(r, part[row * nc + k]);
-      eps[row] = scale_from(R::finish(r, rows.L), r_min, reach);
-    }
-  });
-}
-
-}  // namespace
 
 void dynamic_eps_cpu(const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps) {
   ScaleCall call = c;
-  call.rows.chunk = kChunk;
-  ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::_dynamic_eps", [&] {
-    using T = at::opmath_type<scalar_t>;
-    if (call.mean) reduce_rows<scalar_t, true>(call, x.const_data_ptr<scalar_t>(), eps.mutable_data_ptr<T>());
-    else reduce_rows<scalar_t, false>(call, x.const_data_ptr<scalar_t>(), eps.mutable_data_ptr<T>());
+  call.rows.chunk = 8192;  // elements; fixed, so that the result does not depend on the threads
+  cpu_only_kernels().dynamic_eps(call, x, eps);
+}
+
+bool ana_dynamic_rows_cpu(const AnaCall& call, const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps,
+                          const at::Tensor& y) {
+  constexpr int64_t kBlockBytes = 64 * 1024;  // a block of rows read twice: from memory, then from cache
+  const int64_t M = c.rows.M, L = c.rows.L;
+  if (M < 2 || L * x.element_size() > kBlockBytes || (call.strategy == Strategy::Random && call.training) ||
+      !x.is_contiguous() || !y.is_contiguous() || x.numel() != M * L)
+    return false;
+  const int64_t per_block = kBlockBytes / (L * x.element_size());
+  const at::Tensor xr = x.view({M, L}), yr = y.view({M, L}), er = eps.view({M});
+  at::parallel_for(0, M, per_block, [&](int64_t begin, int64_t end) {
+    for (int64_t r0 = begin; r0 < end; r0 += per_block) {  // the kernels' own parallel loops run inline here
+      const int64_t n = std::min(per_block, end - r0);
+      ScaleCall rows = c;
+      rows.rows.M = n;
+      AnaCall block = call;
+      block.eps.values = er.narrow(0, r0, n);
+      block.eps.inner = L;
+      block.eps.channels = n;
+      dynamic_eps_cpu(rows, xr.narrow(0, r0, n), block.eps.values);
+      cpu_kernels().ana(block, xr.narrow(0, r0, n), yr.narrow(0, r0, n));
+    }
   });
+  return true;
 }
 
 }  // namespace anacuda

@@ -22,4 +22,6 @@
 #include "../common/params.h"
 #include "../common/philox.h"
 #include "../ops/call.h"
+#include "../ops/dynamic_kernels.h"
+#include "eps_partials.h"
 #include "kernel_table.h"

@@ -9,15 +9,34 @@
 
 namespace anacuda {
 
-const DeviceKernels& cpu_kernels() {
-  static const DeviceKernels* chosen = [] {
+namespace {
+
+bool runs_avx2() {
 #if ANACUDA_HAS_AVX2
+  static const bool avx2 = [] {
     const std::string cap = at::get_cpu_capability();
-    if (cap == "AVX2" || cap == "AVX512") return &AVX2::kernels;
-#endif
-    return &DEFAULT::kernels;
+    return cap == "AVX2" || cap == "AVX512";
   }();
-  return *chosen;
+  return avx2;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+const DeviceKernels& cpu_kernels() {
+#if ANACUDA_HAS_AVX2
+  if (runs_avx2()) return AVX2::kernels;
+#endif
+  return DEFAULT::kernels;
+}
+
+const CpuOnlyKernels& cpu_only_kernels() {
+#if ANACUDA_HAS_AVX2
+  if (runs_avx2()) return AVX2::cpu_only;
+#endif
+  return DEFAULT::cpu_only;
 }
 
 namespace {

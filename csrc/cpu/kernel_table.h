@@ -12,7 +12,9 @@
 #include <limits>
 #include <string>
 
+#include "../common/learned_scale.h"
 #include "../ops/device_kernels.h"
+#include "../ops/dynamic_kernels.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define ANACUDA_HAS_AVX2 1
@@ -22,14 +24,27 @@
 
 namespace anacuda {
 
+// The CPU's kernels outside the device table, built per instruction set too: the dynamic
+// scales' reduction (scale_rows.h) and the fast path of a learned eps's backward (learned_fast.h;
+// false where it does not apply, and the functors' loop of learned_scale.cpp runs).
+struct CpuOnlyKernels {
+  void (*dynamic_eps)(const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps);
+  bool (*ana_eps_grad)(const AnaCall& c, const EpsReduction& r, bool elementwise, const at::Tensor& grad,
+                       const at::Tensor& x, const at::Tensor& gx, const at::Tensor& ge);
+};
+
 namespace DEFAULT {
 extern const DeviceKernels kernels;
+extern const CpuOnlyKernels cpu_only;
 }
 #if ANACUDA_HAS_AVX2
 namespace AVX2 {
 extern const DeviceKernels kernels;
+extern const CpuOnlyKernels cpu_only;
 }
 #endif
+
+const CpuOnlyKernels& cpu_only_kernels();  // the same build as cpu_kernels()
 
 // The CPU path: "fast" (the default) or "functors"; ANACUDA_CPU_PATH sets it at load.
 bool cpu_runs_functors();

@@ -14,8 +14,9 @@
 #include "isa_headers.h"
 
 #include "all_thresholds.h"
-#include "arithmetic_grid.h"
+#include "learned_fast.h"
 #include "loops.h"
+#include "scale_rows.h"
 #include "smooth_window.h"
 
 namespace anacuda {
@@ -180,6 +181,7 @@ void alpha_blend(const BlendCall& c, const at::Tensor& w, const at::Tensor& y) {
 extern const DeviceKernels kernels = {
     C10_STRINGIZE(CPU_CAPABILITY), &ana, &ana_backward, &ana_code, &ana_backward_code, &ana_coded, &alpha_blend,
 };
+extern const CpuOnlyKernels cpu_only = {&dynamic_eps, &ana_eps_grad};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace anacuda

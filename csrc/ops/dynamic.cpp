@@ -1,7 +1,7 @@
 // The host entries of the dynamic scales (SPEC §9): _dynamic_eps, the scale alone, and ana and
 // alpha_blend at that scale, computed in the same call (the reduction's kernel, then the op's
 // elementwise kernel with the eps it wrote: x read twice, the output written once, nothing read
-// back to the host). The scale takes no gradient; _ana_dynamic_backward is _ana_backward at it.
+// back to the host; on the CPU, ana's rows in one pass where they fit in cache). The scale takes no gradient; _ana_dynamic_backward is _ana_backward at it.
 // Schemas: csrc/anacuda.cpp; fakes and autograd: anacuda/ops.py.
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -31,9 +31,14 @@ ScaleRule parse_rule(std::string_view s) {
               "'; expected absmax_per_token, absmean, absmax, absmean_per_channel or absmax_per_channel");
 }
 
-// eps = max(r(|x|), r_min) / reach per group, shaped to broadcast to x: (..., 1) per token, ()
-// per tensor, (C, 1, ...) per channel (dim 0); in the compute type, on x's device.
-at::Tensor dynamic_eps(const at::Tensor& x, c10::string_view rule_name, double reach, double r_min) {
+// The scale of a rule for x: its shape (to broadcast to x: (..., 1) per token, () per tensor,
+// (C, 1, ...) per channel, dim 0) and the reduction's call, x viewed as (M, L) row-major.
+struct Scale {
+  std::vector<int64_t> shape;
+  ScaleCall call;
+};
+
+Scale scale_of(const at::Tensor& x, c10::string_view rule_name, double reach, double r_min) {
   check_input(x, "input");
   const ScaleRule rule = parse_rule(rule_name);
   const at::ScalarType ct = compute_type(x.scalar_type());
@@ -41,36 +46,43 @@ at::Tensor dynamic_eps(const at::Tensor& x, c10::string_view rule_name, double r
               "anacuda: the grid's reach must be finite and > 0, got ", reach);
   TORCH_CHECK(std::isfinite(r_min) && r_min > 0 && (ct == at::kDouble || static_cast<float>(r_min) > 0),
               "anacuda: r_min must be finite and > 0 (in ", ct, "), got ", r_min);
-  std::vector<int64_t> shape;
+  Scale s;
   int64_t L = 1;
   if (rule.group == ScaleGroup::Token) {
     TORCH_CHECK(x.dim() >= 2, "anacuda: the scale rule '", rule_name,
                 "' needs an input of at least 2 dimensions (..., tokens, features), got shape ", x.sizes());
-    shape = x.sizes().vec();
-    shape.back() = 1;
+    s.shape = x.sizes().vec();
+    s.shape.back() = 1;
     L = x.size(-1);
   } else if (rule.group == ScaleGroup::Channel) {
     TORCH_CHECK(x.dim() >= 1, "anacuda: the scale rule '", rule_name,
                 "' needs an input of at least 1 dimension (channels first), got shape ", x.sizes());
-    shape.assign(x.dim(), 1);
-    shape[0] = x.size(0);
+    s.shape.assign(x.dim(), 1);
+    s.shape[0] = x.size(0);
     for (int64_t d = 1; d < x.dim(); ++d) L *= x.size(d);
   } else {
     L = x.numel();
   }
   int64_t M = 1;
-  for (const int64_t s : shape) M *= s;
+  for (const int64_t n : s.shape) M *= n;
+  s.call.rows.M = M;
+  s.call.rows.L = L;
+  s.call.mean = rule.mean;
+  s.call.r_min = r_min;
+  s.call.reach = reach;
+  return s;
+}
+
+at::Tensor empty_scale(const at::Tensor& x, const Scale& s) {
+  return at::empty(s.shape, x.options().dtype(compute_type(x.scalar_type())));
+}
+
+// eps = max(r(|x|), r_min) / reach per group, in the compute type, on x's device.
+at::Tensor dynamic_eps(const at::Tensor& x, c10::string_view rule_name, double reach, double r_min) {
+  const Scale s = scale_of(x, rule_name, reach, r_min);
   const c10::OptionalDeviceGuard guard(x.device());
-  at::Tensor eps = at::empty(shape, x.options().dtype(ct));
-  if (M > 0) {
-    ScaleCall call;
-    call.rows.M = M;
-    call.rows.L = L;
-    call.mean = rule.mean;
-    call.r_min = r_min;
-    call.reach = reach;
-    dynamic_eps_kernel(call, x.contiguous(), eps);
-  }
+  at::Tensor eps = empty_scale(x, s);
+  if (s.call.rows.M > 0) dynamic_eps_kernel(s.call, x.contiguous(), eps);
   return eps;
 }
 
@@ -86,11 +98,18 @@ std::tuple<at::Tensor, at::Tensor> ana_dynamic(const at::Tensor& x, const at::Te
   // Checked with eps = 1 in place of the scale, which is computed next.
   AnaCall call = forward_call(x, order, levels, thresholds, uniform_grid, at::ones({}, at::kDouble), noise, mu, sigma,
                               strategy, training, seed, noise_b, mu_b, sigma_b);
+  const Scale s = scale_of(x, rule, reach, r_min);
   const c10::OptionalDeviceGuard guard(x.device());
-  at::Tensor eps = dynamic_eps(x, rule, reach, r_min);
-  call.eps = eps_arg(eps, x, order, /*check_values=*/false);
+  at::Tensor eps = empty_scale(x, s);
   at::Tensor y = order.empty(x, x.scalar_type());
-  if (x.numel() > 0) kernels_for(x.device()).ana(call, order.contiguous(x), order.view(y));
+  if (x.numel() > 0) {
+    const at::Tensor xo = order.contiguous(x), yo = order.view(y);
+    if (!(x.is_cpu() && order.perm.empty() && ana_dynamic_rows_cpu(call, s.call, xo, eps, yo))) {
+      dynamic_eps_kernel(s.call, x.contiguous(), eps);
+      call.eps = eps_arg(eps, x, order, /*check_values=*/false);
+      kernels_for(x.device()).ana(call, xo, yo);
+    }
+  }
   return {y.contiguous(layout.format), eps};  // as ana
 }
 

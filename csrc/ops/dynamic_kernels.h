@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "../common/dynamic_scale.h"
+#include "call.h"
 
 namespace anacuda {
 
@@ -20,6 +21,15 @@ void dynamic_eps_cpu(const ScaleCall& c, const at::Tensor& x, const at::Tensor& 
 #if ANACUDA_WITH_CUDA
 void dynamic_eps_cuda(const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps);
 #endif
+
+// ana at the scale of rows in one pass over memory on the CPU: blocks of rows that fit in cache,
+// each reduced and then quantised by one thread, so that the second read of x hits the cache.
+// eps[m] scales row m of x (M, L), both row-major (rules per token or per channel), and is
+// written here. False where it does not apply (a single row, rows too long to stay in cache, the
+// random strategy, whose samples are numbered from the tensor's start): the caller then runs
+// the two kernels. The same bits either way.
+bool ana_dynamic_rows_cpu(const AnaCall& call, const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps,
+                          const at::Tensor& y);
 
 inline void dynamic_eps_kernel(const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps) {
 #if ANACUDA_WITH_CUDA

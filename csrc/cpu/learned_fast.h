@@ -1,0 +1,116 @@
+// CPU fast path of a learned eps's backward (SPEC §8) for LSQ and its relatives: a hard forward
+// (no noise, or mode with a narrow compact one) and a uniform backward noise, one eps per channel
+// whose elements are contiguous. Not on the functor path. A piece of a channel is cut into blocks
+// of kLanes consecutive elements, element l of a block being lane l as in learned_scale.cpp's
+// eps_grad_loop, so the sums are the same bits. In a block, Q is found by level_values (few
+// thresholds) or by arithmetic (arithmetic_grid.h: an even grid of any size), and the
+// derivative is the sum of the boxes holding u - mu_b over the thresholds (few), or, where the
+// boxes tile [lower_0, upper_K-1) with equal terms (LSQ's sigma_b = half a step on an even grid),
+// that one term inside and 0 outside: the same sum, for any K. False: the functors compute it.
+#pragma once
+
+#include "all_thresholds.h"
+#include "eps_partials.h"
+
+namespace anacuda {
+namespace CPU_CAPABILITY {
+
+template <typename scalar_t, typename T>
+bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& pb, const EpsReduction& r,
+                   bool elementwise, const scalar_t* g, const scalar_t* x, scalar_t* gx, T* ge) {
+  const T mu = p.mu.value, sigma = p.sigma.value, mu_b = pb.mu.value, sigma_b = pb.sigma.value;
+  const int64_t K = p.grid.K, m = r.per_channel();
+  const bool hard = mode_is_hard(c, p) || !(c.training && sigma > T(0));
+  if (cpu_runs_functors() || elementwise || !hard || c.noise_b.kind != NoiseKind::Uniform || !(sigma_b > T(0)) ||
+      !valid_noise(mu, sigma) || !valid_noise(mu_b, sigma_b) || m == 0 || K == 0 ||
+      !(r.outer == 1 || (r.inner == 1 && r.channels == 1)))
+    return false;
+  ThresholdTable<T> table;
+  ArithmeticGrid<T> arithmetic;
+  const bool few = make_threshold_table(p.grid, table);
+  if (!few && !make_arithmetic_grid(p.grid, arithmetic)) return false;
+  // The boxes: tiling (one term h on [lower, upper)) or, for few thresholds, summed one by one.
+  const Box<T> first(p.grid.theta[0], sigma_b), last(p.grid.theta[K - 1], sigma_b);
+  const T h = box_term(p.grid.q, 0), lower = first.lower, upper = last.upper;
+  bool tiles = true;
+  for (int64_t t = 0; t + 1 < K && tiles; ++t)
+    tiles = Box<T>(p.grid.theta[t], sigma_b).upper == Box<T>(p.grid.theta[t + 1], sigma_b).lower &&
+            box_term(p.grid.q, t + 1) == h;
+  tiles = tiles && lower < upper;
+  if (!tiles && !few) return false;
+  T box_lower[kTableMaxK], box_upper[kTableMaxK], box_h[kTableMaxK];
+  for (int t = 0; few && t < K; ++t) {
+    const Box<T> box(p.grid.theta[t], sigma_b);
+    box_lower[t] = box.lower;
+    box_upper[t] = box.upper;
+    box_h[t] = box_term(p.grid.q, t);
+  }
+  for (int64_t ch = 0; ch < r.channels; ++ch)
+    if (!valid_eps(p.eps.at(r.element(ch, 0)))) return false;  // NaN outputs: the functors say where
+  const Standardize<T> z(sigma_b);
+  const T inf = std::numeric_limits<T>::infinity();
+  const bool inverse = z.inv < inf;  // Standardize's choice, made once
+  const int64_t pieces = r.pieces();
+  std::vector<T> partial(r.tasks());
+  at::parallel_for(0, r.tasks(), 4, [&](int64_t begin, int64_t end) {
+    T acc[kLanes], u[kLanes], a[kLanes], v[kLanes], d[kLanes];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t ch = task / pieces, start = (task % pieces) * kPiece, stop = std::min(m, start + kPiece);
+      const T e = p.eps.at(r.element(ch, 0));
+      std::fill(acc, acc + kLanes, T(0));
+      for (int64_t j0 = start; j0 < stop; j0 += kLanes) {
+        const int64_t len = std::min<int64_t>(kLanes, stop - j0), i0 = r.element(ch, j0);
+        for (int64_t l = 0; l < len; ++l) {
+          u[l] = static_cast<T>(x[i0 + l]) / e;
+          a[l] = u[l] - mu;
+        }
+        if (few) level_values(table, a, len, v);
+        else arithmetic_levels(arithmetic, a, len, v);
+        for (int64_t l = 0; l < len; ++l) {
+          v[l] = a[l] != a[l] ? a[l] : v[l];  // hard_stair keeps a NaN
+          a[l] = u[l] - mu_b;
+        }
+        if (tiles) {
+          const T lo = lower, hi = upper, ht = h;  // locals, not the captures: the loop vectorises
+          for (int64_t l = 0; l < len; ++l) {
+            const T in = (a[l] >= lo && a[l] < hi) ? ht : T(0);
+            d[l] = a[l] != a[l] ? a[l] : in;
+          }
+        } else {
+          for (int64_t l = 0; l < len; ++l) d[l] = a[l] != a[l] ? a[l] : T(0);
+          for (int t = 0; t < K; ++t) {  // invariants in locals, so that the loops vectorise
+            const T lo = box_lower[t], hi = box_upper[t], ht = box_h[t];
+            for (int64_t l = 0; l < len; ++l) d[l] += (a[l] >= lo && a[l] < hi) ? ht : T(0);  // Box::holds
+          }
+        }
+        for (int64_t l = 0; l < len; ++l) {
+          d[l] = inverse ? d[l] * z.inv : d[l] / z.sigma;  // z(d)
+          const T gv = static_cast<T>(g[i0 + l]);
+          const T term = (u[l] == inf || u[l] == -inf) ? v[l] : v[l] - u[l] * d[l];  // never inf * 0
+          acc[l] += gv * term;
+          u[l] = gv * d[l];  // grad_x
+        }
+        if (gx != nullptr)
+          for (int64_t l = 0; l < len; ++l) gx[i0 + l] = static_cast<scalar_t>(u[l]);
+      }
+      tree_sum(acc);
+      partial[task] = acc[0];
+    }
+  });
+  sum_partials(r, partial, ge);
+  return true;
+}
+
+bool ana_eps_grad(const AnaCall& c, const EpsReduction& r, bool elementwise, const at::Tensor& grad,
+                  const at::Tensor& x, const at::Tensor& gx, const at::Tensor& ge) {
+  bool done = false;
+  ANACUDA_DISPATCH_FLOATING(x.scalar_type(), "anacuda::_ana_backward_eps", [&] {
+    using T = at::opmath_type<scalar_t>;
+    done = eps_grad_fast<scalar_t>(c, c.forward<T>(), c.backward<T>(), r, elementwise, grad.const_data_ptr<scalar_t>(),
+                                   x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), ge.mutable_data_ptr<T>());
+  });
+  return done;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace anacuda
