@@ -147,12 +147,17 @@ def test_arithmetic_grid_hard_stair_is_the_functor(dtype):
     """The hard stair of an evenly spaced grid with many thresholds (cpu/arithmetic_grid.h: Q by
     arithmetic, corrected by exact comparisons) against count_le's walk, bit for bit: on every
     threshold and the floats next to it, in eval and in mode with a box no wider than half a step,
-    for grids with a power-of-two step (taken) and one without (the functors' own loop)."""
+    for grids with a power-of-two step (taken; exact in real arithmetic, where one comparison
+    corrects the estimate, or only after rounding, where two do) and one without (the functors'
+    own loop)."""
     grids = {
         "uniform8": Q.uniform(8),
         "unsigned8": Q.uniform(8, signed=False),
         "half_steps": Q([0.5 * k for k in range(-40, 41)], [0.5 * k + 0.25 for k in range(-40, 40)]),
         "step_0.3": Q([0.3 * k for k in range(50)], [0.3 * k + 0.15 for k in range(49)]),
+        # theta_0 + t s equals each stored float32 threshold only after rounding: the two-sided correction
+        "rounded": Q([float(k) for k in range(41)],
+                     (torch.tensor(0.1, dtype=torch.float32) + torch.arange(40, dtype=torch.float32)).tolist()),
     }
     for name, q in grids.items():
         lv, th = q.tables(torch.device("cpu"), dtype)

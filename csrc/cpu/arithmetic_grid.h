@@ -2,7 +2,8 @@
 // and dq powers of two and every stored value checked against the formula. Then t s is exact, so
 // theta_0 + t s is the stored threshold however the compiler contracts it, and Q(a) is found by
 // arithmetic: an estimate of the last threshold <= a, corrected by one exact comparison either way
-// (the estimate's rounding is far below one step), in branch-free loops the compiler vectorises,
+// (the estimate's rounding is far below one step; one way only where the grid is exact in real
+// arithmetic, as every uniform(b) grid is), in branch-free loops the compiler vectorises,
 // where common/stair.h's count_le loops per element and a chain of selects takes a step per
 // threshold. The same levels as count_le's, NaN kept. all_thresholds.h uses it for 4-bit grids
 // and up (level_values), and for many thresholds (arithmetic_hard_forward).
@@ -15,6 +16,7 @@ namespace CPU_CAPABILITY {
 
 template <typename T> struct ArithmeticGrid {
   T theta0, step, inv_step, q0, dq, last;  // last = K - 1, the index of the top threshold
+  bool exact = false;  // theta_t - theta_0 = t s in real arithmetic, not only after rounding
 };
 
 template <typename T> bool is_power_of_two(T v) {
@@ -35,11 +37,30 @@ template <typename T> bool make_arithmetic_grid(const Grid<T>& g, ArithmeticGrid
     if (s.q0 + static_cast<T>(k) * s.dq != g.q[k]) return false;
   s.inv_step = T(1) / s.step;
   s.last = static_cast<T>(g.K - 1);
+  // theta_0 + t s exact: the rounding error of the sum, by Knuth's TwoSum, is 0 (t s is exact).
+  s.exact = true;
+  for (int64_t t = 0; t < g.K && s.exact; ++t) {
+    const T b = static_cast<T>(t) * s.step, sum = s.theta0 + b, bb = sum - s.theta0;
+    s.exact = (s.theta0 - (sum - bb)) + (b - bb) == T(0);
+  }
   return true;
 }
 
 // v[j] = Q(a[j]) (a NaN a[j] gives some level; the callers keep the NaN).
 template <typename T> inline void arithmetic_levels(const ArithmeticGrid<T>& s, const T* a, int64_t n, T* v) {
+  if (s.exact) {
+    // Every t s is a float and rounding is monotone, so the estimate is never below the true
+    // index n: it is n or n + 1, and one comparison corrects it. Outside the grid the clamp
+    // decides, whatever that comparison gave (it moves the estimate by at most one, towards n).
+    const T theta0 = s.theta0, step = s.step, inv_step = s.inv_step, last = s.last, q0 = s.q0, dq = s.dq;
+    for (int64_t j = 0; j < n; ++j) {
+      T i = std::floor((a[j] - theta0) * inv_step);
+      i = a[j] < theta0 + i * step ? i - T(1) : i;
+      i = std::min(std::max(i, T(-1)), last);
+      v[j] = q0 + (i + T(1)) * dq;
+    }
+    return;
+  }
   for (int64_t j = 0; j < n; ++j) {
     T i = std::floor((a[j] - s.theta0) * s.inv_step);  // the last threshold <= a[j], or one off
     i = i < T(-1) ? T(-1) : (i > s.last ? s.last : i);   // +-inf into range
