@@ -53,6 +53,8 @@ bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& 
   const int64_t pieces = r.pieces();
   std::vector<T> partial(r.tasks());
   at::parallel_for(0, r.tasks(), 4, [&](int64_t begin, int64_t end) {
+    // Everything the loops read in locals, not through the captures: the loops then vectorise.
+    const T lo = lower, hi = upper, ht = h, zinv = z.inv, zsigma = z.sigma, infinity = inf, mu_f = mu, mu_bk = mu_b;
     T acc[kLanes], u[kLanes], a[kLanes], v[kLanes], d[kLanes];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ch = task / pieces, start = (task % pieces) * kPiece, stop = std::min(m, start + kPiece);
@@ -60,38 +62,43 @@ bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& 
       std::fill(acc, acc + kLanes, T(0));
       for (int64_t j0 = start; j0 < stop; j0 += kLanes) {
         const int64_t len = std::min<int64_t>(kLanes, stop - j0), i0 = r.element(ch, j0);
+        const scalar_t *xi = x + i0, *gi = g + i0;
         for (int64_t l = 0; l < len; ++l) {
-          u[l] = static_cast<T>(x[i0 + l]) / e;
-          a[l] = u[l] - mu;
+          u[l] = static_cast<T>(xi[l]) / e;
+          a[l] = u[l] - mu_f;
         }
         if (few) level_values(table, a, len, v);
         else arithmetic_levels(arithmetic, a, len, v);
         for (int64_t l = 0; l < len; ++l) {
           v[l] = a[l] != a[l] ? a[l] : v[l];  // hard_stair keeps a NaN
-          a[l] = u[l] - mu_b;
+          a[l] = u[l] - mu_bk;
         }
         if (tiles) {
-          const T lo = lower, hi = upper, ht = h;  // locals, not the captures: the loop vectorises
           for (int64_t l = 0; l < len; ++l) {
             const T in = (a[l] >= lo && a[l] < hi) ? ht : T(0);
             d[l] = a[l] != a[l] ? a[l] : in;
           }
         } else {
           for (int64_t l = 0; l < len; ++l) d[l] = a[l] != a[l] ? a[l] : T(0);
-          for (int t = 0; t < K; ++t) {  // invariants in locals, so that the loops vectorise
-            const T lo = box_lower[t], hi = box_upper[t], ht = box_h[t];
-            for (int64_t l = 0; l < len; ++l) d[l] += (a[l] >= lo && a[l] < hi) ? ht : T(0);  // Box::holds
+          for (int t = 0; t < K; ++t) {
+            const T bl = box_lower[t], bu = box_upper[t], bh = box_h[t];
+            for (int64_t l = 0; l < len; ++l) d[l] += (a[l] >= bl && a[l] < bu) ? bh : T(0);  // Box::holds
           }
         }
+        if (inverse)  // z(d), Standardize's choice made once
+          for (int64_t l = 0; l < len; ++l) d[l] = d[l] * zinv;
+        else
+          for (int64_t l = 0; l < len; ++l) d[l] = d[l] / zsigma;
         for (int64_t l = 0; l < len; ++l) {
-          d[l] = inverse ? d[l] * z.inv : d[l] / z.sigma;  // z(d)
-          const T gv = static_cast<T>(g[i0 + l]);
-          const T term = (u[l] == inf || u[l] == -inf) ? v[l] : v[l] - u[l] * d[l];  // never inf * 0
+          const T gv = static_cast<T>(gi[l]);
+          const T term = (u[l] == infinity || u[l] == -infinity) ? v[l] : v[l] - u[l] * d[l];  // never inf * 0
           acc[l] += gv * term;
           u[l] = gv * d[l];  // grad_x
         }
-        if (gx != nullptr)
-          for (int64_t l = 0; l < len; ++l) gx[i0 + l] = static_cast<scalar_t>(u[l]);
+        if (gx != nullptr) {
+          scalar_t* out = gx + i0;
+          for (int64_t l = 0; l < len; ++l) out[l] = static_cast<scalar_t>(u[l]);
+        }
       }
       tree_sum(acc);
       partial[task] = acc[0];
