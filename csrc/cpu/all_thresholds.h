@@ -139,7 +139,8 @@ void arithmetic_hard_forward(const ArithmeticGrid<T>& s, const scalar_t* x, scal
     for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
       shifted(x + i, m, e, mu, a);
       arithmetic_levels(s, a, m, v);
-      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
+      scalar_t* out = y + i;  // a local, not the capture: the loop vectorises
+      for (int64_t j = 0; j < m; ++j) out[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : e[j] * v[j]);
     });
   });
 }
@@ -274,7 +275,8 @@ void block_forward(const ThresholdTable<T>& s, BlockForward kind, const scalar_t
         const T d = s.dq[t];
         for (int64_t j = 0; j < m; ++j) acc[j] += d * f[j];
       }
-      for (int64_t j = 0; j < m; ++j) y[i + j] = static_cast<scalar_t>(e[j] * acc[j]);
+      scalar_t* out = y + i;  // a local, not the capture: the loop vectorises
+      for (int64_t j = 0; j < m; ++j) out[j] = static_cast<scalar_t>(e[j] * acc[j]);
     });
   });
 }
@@ -302,7 +304,13 @@ void block_backward(const ThresholdTable<T>& s, const scalar_t* g, const scalar_
           for (int64_t j = 0; j < m; ++j) d[j] += w * f[j];
         }
       }
-      for (int64_t j = 0; j < m; ++j) gx[i + j] = static_cast<scalar_t>(static_cast<T>(g[i + j]) * z(d[j]));
+      const scalar_t* gi = g + i;  // locals, not the captures: the loops vectorise
+      scalar_t* out = gx + i;
+      const T zinv = z.inv, zsigma = z.sigma;
+      if (zinv < std::numeric_limits<T>::infinity())  // z(d), Standardize's choice
+        for (int64_t j = 0; j < m; ++j) out[j] = static_cast<scalar_t>(static_cast<T>(gi[j]) * (d[j] * zinv));
+      else
+        for (int64_t j = 0; j < m; ++j) out[j] = static_cast<scalar_t>(static_cast<T>(gi[j]) * (d[j] / zsigma));
     });
   });
 }
@@ -351,9 +359,12 @@ void block_alpha_blend(const ThresholdTable<T>& s, const scalar_t* w, scalar_t* 
     for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
       shifted(w + i, m, e, T(0), a);
       level_values(s, a, m, v);
+      const scalar_t* wi = w + i;  // locals, not the captures: the loop vectorises
+      scalar_t* out = y + i;
+      const T al = alpha;
       for (int64_t j = 0; j < m; ++j) {
-        const T q = blend(static_cast<T>(w[i + j]), e[j], v[j], alpha);
-        y[i + j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : q);
+        const T q = blend(static_cast<T>(wi[j]), e[j], v[j], al);
+        out[j] = static_cast<scalar_t>(a[j] != a[j] ? a[j] : q);
       }
     });
   });
