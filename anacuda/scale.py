@@ -92,7 +92,23 @@ def _mean_abs(x: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
     """mean|x|, summed in float64 and rounded once to x's dtype: so the result does not depend on
     the order of the sum (eager and torch.compile's Inductor sum in different orders; in float32
     the two differ by an ulp, which moves every quantised weight and can flip a level)."""
+    if _op_reduces(x, dim):  # the same sum in float64, from one read of x and no temporaries
+        rule = "absmean" if dim is None else "absmean_per_channel"
+        return torch.ops.anacuda._dynamic_eps(x.detach(), rule, 1.0, torch.finfo(x.dtype).tiny)
     return _reduce(x, dim, lambda t, d: t.abs().to(torch.float64).mean(dim=d).to(t.dtype))
+
+
+def _op_reduces(x, dim) -> bool:
+    """Whether anacuda's reduction (csrc/cpu/scale_rows.h, cuda/dynamic_eps.cu) computes mean|x|
+    over the whole tensor or along dim 0: float32 and float64 (where the op's compute type is x's,
+    so the double sum is rounded once, as above) on its own devices, not a distributed tensor
+    (whose sum needs the shards: distributed.rule_scale)."""
+    from . import distributed
+
+    return (isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float64) and x.numel() > 0
+            and x.device.type in ("cpu", "cuda") and (dim is None or (type(dim) is int and x.dim() >= 1
+                                                                      and dim in (0, -x.dim())))
+            and not distributed.is_dtensor(x))
 
 
 def absmean(x: torch.Tensor, quantizer: Quantizer, dim: Optional[int] = None) -> torch.Tensor:

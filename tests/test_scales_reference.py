@@ -187,3 +187,22 @@ def test_dynamic_rule_unknown_and_empty():
         reference.dynamic_eps(torch.ones(2, 2), Quantizer.ternary(), "absmax_per_row")
     y = reference.ana(torch.ones(0, 8), Quantizer.uniform(8), sigma=0.0, strategy="mode", eps="absmax_per_token")
     assert y.shape == (0, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [None, 0])
+def test_mean_abs_by_the_op_is_the_float64_mean(dtype, dim):
+    """The mean-based weight rules take mean|x| from the op's reduction (one read of x, no
+    temporaries): the float64 mean rounded once to x's dtype, as `x.abs().double().mean()`."""
+    from anacuda import scale
+
+    for shape in [(64, 32, 3, 3), (7,), (300, 1000)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(8), dtype=dtype) * 0.05
+        got = scale._mean_abs(x, dim)
+        flat = x.abs().double().reshape(1 if dim is None else shape[0], -1)
+        want = flat.mean() if dim is None else flat.mean(1).reshape((shape[0],) + (1,) * (len(shape) - 1))
+        assert got.shape == want.shape and got.dtype == dtype
+        if dtype == torch.float32:
+            assert torch.equal(got, want.float()), shape
+        else:  # the double sums differ in order only
+            torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
