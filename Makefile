@@ -51,6 +51,7 @@ bench: build
 	$(PYTHON) benchmarks/run.py --out $(RESULTS)
 	$(PYTHON) benchmarks/memory.py --out $(RESULTS)
 	$(PYTHON) benchmarks/train_step.py --out $(RESULTS)
+	$(PYTHON) benchmarks/train_step.py --case transformer --out $(RESULTS)
 	$(PYTHON) benchmarks/small_tensors.py --out $(RESULTS)
 
 # The CPU extension under AddressSanitizer + UndefinedBehaviorSanitizer, and the op tests.

@@ -35,12 +35,15 @@ def median_seconds(fn, *args, repeat: int = 15, warmup: int = 1, budget: float =
 def calls_per_sample(fn, target: float) -> int:
     """How many back-to-back calls of `fn` take about `target` seconds (at least 1): small-tensor
     calls are timed in batches, so the clock's resolution and a stray context switch weigh less."""
-    fn()
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    one = max(time.perf_counter() - t0, 1e-7)
+    times = []
+    for i in range(10):  # the median of 7 calls after 3 warm-up calls: one slow call (a cold cache,
+        _sync()          # a context switch) would otherwise set every sample of the run too short
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    one = max(sorted(times)[len(times) // 2], 1e-7)
     return max(1, min(100_000, math.ceil(target / one)))
 
 

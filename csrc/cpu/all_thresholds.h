@@ -115,7 +115,8 @@ inline void shifted(const scalar_t* x, int64_t n, EachEps<T> e, T mu, T* a) {
 // so no gather, or by arithmetic; a NaN a[j] gives some level (the callers keep the NaN).
 template <typename T> inline void level_values(const ThresholdTable<T>& s, const T* a, int64_t n, T* v) {
   if (s.arithmetic) return arithmetic_levels(s.ag, a, n, v);
-  for (int64_t j = 0; j < n; ++j) v[j] = s.q[0];
+  const T q0 = s.q[0];  // a local: v's stores could alias the table's, so the loop would reload it
+  for (int64_t j = 0; j < n; ++j) v[j] = q0;
   for (int t = 0; t < s.K; ++t) {
     const T th = s.theta[t], q = s.q[t + 1];
     for (int64_t j = 0; j < n; ++j) v[j] = a[j] >= th ? q : v[j];
@@ -212,7 +213,8 @@ void block_code(const ThresholdTable<T>& s, const scalar_t* x, uint8_t* code, in
 // f[j] = F(v) (or the density f(v) when kDensity) at v = (a[j] - theta) / sigma: the compact
 // laws in loops the compiler vectorises, the smooth ones as SIMD vectors.
 template <NoiseKind N, bool kDensity, typename T>
-inline void noise_values(const T* a, int64_t m, T theta, const Standardize<T>& z, T* f) {
+inline void noise_values(const T* a, int64_t m, T theta, const Standardize<T>& z_, T* f) {
+  const Standardize<T> z = z_;  // a copy: f's stores could alias it, and the loop would reload it
   for (int64_t j = 0; j < m; ++j) f[j] = z(a[j] - theta);
   if constexpr (N == NoiseKind::Normal || N == NoiseKind::Logistic) {
     if constexpr (kDensity) map_vec(f, m, [](const auto& v) { return Noise<N, T>::pdf(v); });
@@ -263,13 +265,15 @@ void block_forward(const ThresholdTable<T>& s, BlockForward kind, const scalar_t
       }
       if (kind == BlockForward::Random) {
         noise_block<N>(i, m, seed, stream, nu);
-        for (int64_t j = 0; j < m; ++j) a[j] = noisy(a[j], sigma, nu[j]);
+        const T sg = sigma;  // locals, not the captures, in the loops: they vectorise
+        for (int64_t j = 0; j < m; ++j) a[j] = noisy(a[j], sg, nu[j]);
       }
       if (kind != BlockForward::Expectation) {
         hard_block(s, a, m, e, y + i);
         return;
       }
-      for (int64_t j = 0; j < m; ++j) acc[j] = a[j] != a[j] ? a[j] : s.q[0];  // NaN stays NaN
+      const T q0 = s.q[0];
+      for (int64_t j = 0; j < m; ++j) acc[j] = a[j] != a[j] ? a[j] : q0;  // NaN stays NaN
       for (int t = 0; t < s.K; ++t) {
         noise_values<N, false>(a, m, s.theta[t], z, f);
         const T d = s.dq[t];
