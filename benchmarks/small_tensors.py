@@ -33,6 +33,9 @@ Q3 = Quantizer.ternary()
 CLIPPED = ste.clipped_ste(Q3)
 NOISES = ("uniform", "triangular", "normal", "logistic")
 SWEEP_SIGMA = 0.25
+# The sweep's reference at each size: x.clone() plus g * x, the machine's limit for producing two
+# fresh tensors (run.py's limit), so that a jump of the machine's own shows beside anacuda's.
+LIMIT = "clone + g*x"
 JUMP = 1.3       # a size's time per element over the next smaller size's: above this, a jump
 SAMPLE_S = 2e-3  # seconds of back-to-back calls per timed sample
 
@@ -100,6 +103,8 @@ def sweep(lo, hi, rounds, device):
         g = torch.ones_like(xr)
         for noise in NOISES:
             fns[(k, noise)] = fwdbwd(lambda t, noise=noise: F.ana(t, Q3, noise=noise, sigma=SWEEP_SIGMA, strategy="expectation"), xr, g)
+        x = xr.detach()
+        fns[(k, LIMIT)] = lambda x=x, g=g: (x.clone(), g * x)  # two fresh tensors, as a fwd+bwd makes
     samples = run_group(fns, rounds)
     rows = []
     for (k, noise), s in samples.items():
@@ -128,12 +133,12 @@ def latency_table(rows) -> str:
 
 
 def sweep_table(rows) -> str:
-    out = ["| elements | " + " | ".join(f"{n} ns/element" for n in NOISES) + " | normal / uniform | logistic / uniform |",
-           "|---:|" + "---:|" * (len(NOISES) + 2)]
+    out = ["| elements | " + " | ".join(f"{n} ns/element" for n in NOISES + (LIMIT,))
+           + " | normal / uniform | logistic / uniform |", "|---:|" + "---:|" * (len(NOISES) + 3)]
     by = {(r["numel"], r["noise"]): r for r in rows}
     for n in sorted({r["numel"] for r in rows}):
         cells = []
-        for noise in NOISES:
+        for noise in NOISES + (LIMIT,):
             r = by[(n, noise)]
             mark = f" (jump {r['jump']:.2f}x)" if r.get("jump", 0) > JUMP else ""
             cells.append(f"{r['ns_per_element']:.2f}{mark}")
@@ -161,9 +166,12 @@ def targets(lat, swp) -> str:
                          f"{verdict(sw[(131072, noise)]['x_uniform'], 3.0)}")
     if swp:
         jumps = [f"{r['noise']} at 2^{r['numel'].bit_length() - 1} ({r['jump']:.2f}x)" for r in swp
-                 if r.get("jump", 0) > JUMP]
+                 if r.get("jump", 0) > JUMP and r["noise"] != LIMIT]
+        own = [f"2^{r['numel'].bit_length() - 1} ({r['jump']:.2f}x)" for r in swp
+               if r.get("jump", 0) > JUMP and r["noise"] == LIMIT]
         lines.append(f"- no size where the time per element jumps (> {JUMP}x the size below): "
-                     + ("met" if not jumps else "NOT met: " + ", ".join(jumps)))
+                     + ("met" if not jumps else "NOT met: " + ", ".join(jumps))
+                     + (f"; the machine's own {LIMIT} jumps at " + ", ".join(own) if own else ""))
     return "\n".join(lines)
 
 
@@ -175,10 +183,10 @@ def plot(swp, path, title):
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for noise in NOISES:
+    for noise in NOISES + (LIMIT,):
         mine = [r for r in swp if r["noise"] == noise]
         xs, ys = [r["numel"] for r in mine], [r["ns_per_element"] for r in mine]
-        line, = ax.plot(xs, ys, marker="o", ms=3, label=noise)
+        line, = ax.plot(xs, ys, marker="o", ms=3, label=noise, **({"ls": "--", "color": "k"} if noise == LIMIT else {}))
         jumps = [(r["numel"], r["ns_per_element"]) for r in mine if r.get("jump", 0) > JUMP]
         if jumps:
             ax.plot(*zip(*jumps), "x", ms=10, mew=2, color=line.get_color())

@@ -97,7 +97,7 @@ def test_small_tensors_runs(tmp_path):
     assert lat == {(i, d) for i in mod.LATENCY for d in ("fwd+bwd", "no-grad fwd")}
     assert all(r["median_s"] > 0 and r["numel"] == 4096 for r in data["latency"])
     assert sorted((r["numel"], r["noise"]) for r in data["sweep"]) == sorted(
-        (n, noise) for n in (1024, 2048) for noise in mod.NOISES)
+        (n, noise) for n in (1024, 2048) for noise in mod.NOISES + (mod.LIMIT,))
     assert all("jump" in r for r in data["sweep"] if r["numel"] == 2048)
     md = (tmp_path / "small_tensors-cpu.md").read_text()
     assert md.count("4,096 elements") == 3 and "time per element jumps" in md
