@@ -299,3 +299,23 @@ def test_bad_input():
     assert F.ana(torch.tensor(0.3), q, eps="absmax").shape == ()
     assert_equal(_eps_op(torch.tensor([2.0, -4.0]), q, "absmax_per_channel"),
                  torch.tensor([2.0, 4.0]) / 127)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_rule_in_one_pass_or_two_is_the_same(rule):
+    """On the CPU a rule over rows (per token, per channel) quantises blocks of rows right after
+    reducing them (csrc/cpu/dynamic_eps.cpp) where x is row-major and its rows fit in cache, and
+    runs the reduction and the elementwise kernel apart otherwise: the same bits for a transposed
+    input, channels_last, rows longer than a block, and a single row."""
+    q = QUANTIZERS["int8"]
+    g = torch.Generator().manual_seed(9)
+    for x in [torch.randn(33, 7, 40, generator=g).transpose(0, 2), torch.randn(3, 50, 2000, generator=g),
+              torch.randn(4, 6, 5, 9, generator=g).to(memory_format=torch.channels_last),
+              torch.randn(1, 20000, generator=g), torch.randn(300, 64, generator=g).to(torch.bfloat16)]:
+        if rule == "absmax_per_token" and x.dim() < 2:
+            continue
+        eps = _eps_op(x, q, rule)
+        for noise, sigma, strategy in [("uniform", 0.0, "mode"), ("normal", 0.3, "expectation")]:
+            a = F.ana(x, q, noise, 0.0, sigma, strategy, eps=rule)
+            b = F.ana(x, q, noise, 0.0, sigma, strategy, eps=eps)
+            assert_equal(a, b, msg=f"{tuple(x.shape)} {rule} {noise}")
