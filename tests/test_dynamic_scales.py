@@ -319,3 +319,18 @@ def test_rule_in_one_pass_or_two_is_the_same(rule):
             a = F.ana(x, q, noise, 0.0, sigma, strategy, eps=rule)
             b = F.ana(x, q, noise, 0.0, sigma, strategy, eps=eps)
             assert_equal(a, b, msg=f"{tuple(x.shape)} {rule} {noise}")
+
+
+def test_rows_of_no_elements_still_have_a_scale():
+    """x of shape (3, 0): three empty tokens; the op's scale output is r_min / reach for each (an
+    empty group's r is 0), as _dynamic_eps gives, never uninitialised memory."""
+    q = QUANTIZERS["int8"]
+    x = torch.empty(3, 0)
+    lv, th = q.tables(x.device, x.dtype)
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    y, eps = torch.ops.anacuda._ana_dynamic(x, lv, th, q.uniform_grid, "absmax_per_token", R.grid_reach(q), FLOOR,
+                                            "uniform", f64(0.0), f64(0.0), "mode", True, None, "identity", f64(0.0),
+                                            f64(0.0))
+    assert y.shape == (3, 0)
+    assert_equal(eps, _eps_op(x, q, "absmax_per_token"))
+    assert torch.equal(eps, (torch.tensor(FLOOR) / R.grid_reach(q)).expand(3, 1))  # float32 arithmetic

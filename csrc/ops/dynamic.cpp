@@ -1,7 +1,8 @@
 // The host entries of the dynamic scales (SPEC §9): _dynamic_eps, the scale alone, and ana and
 // alpha_blend at that scale, computed in the same call (the reduction's kernel, then the op's
 // elementwise kernel with the eps it wrote: x read twice, the output written once, nothing read
-// back to the host; on the CPU, ana's rows in one pass where they fit in cache). The scale takes no gradient; _ana_dynamic_backward is _ana_backward at it.
+// back to the host; on the CPU, ana's rows in one pass where they fit in cache). The scale takes
+// no gradient; _ana_dynamic_backward is _ana_backward at it.
 // Schemas: csrc/anacuda.cpp; fakes and autograd: anacuda/ops.py.
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -102,10 +103,12 @@ std::tuple<at::Tensor, at::Tensor> ana_dynamic(const at::Tensor& x, const at::Te
   const c10::OptionalDeviceGuard guard(x.device());
   at::Tensor eps = empty_scale(x, s);
   at::Tensor y = order.empty(x, x.scalar_type());
-  if (x.numel() > 0) {
-    const at::Tensor xo = order.contiguous(x), yo = order.view(y);
-    if (!(x.is_cpu() && order.perm.empty() && ana_dynamic_rows_cpu(call, s.call, xo, eps, yo))) {
-      dynamic_eps_kernel(s.call, x.contiguous(), eps);
+  const at::Tensor xo = x.numel() > 0 ? order.contiguous(x) : x, yo = order.view(y);
+  const bool one_pass = x.numel() > 0 && x.is_cpu() && order.perm.empty() &&
+                        ana_dynamic_rows_cpu(call, s.call, xo, eps, yo);
+  if (!one_pass) {
+    if (s.call.rows.M > 0) dynamic_eps_kernel(s.call, order.perm.empty() ? xo : x.contiguous(), eps);  // empty rows too
+    if (x.numel() > 0) {
       call.eps = eps_arg(eps, x, order, /*check_values=*/false);
       kernels_for(x.device()).ana(call, xo, yo);
     }
