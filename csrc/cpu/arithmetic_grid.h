@@ -1,12 +1,13 @@
-// The hard stair of a grid whose thresholds and levels are arithmetic, theta_t = theta_0 + t s and q_k = q_0 + k dq, with s
-// and dq powers of two and every stored value checked against the formula. Then t s is exact, so
-// theta_0 + t s is the stored threshold however the compiler contracts it, and Q(a) is found by
-// arithmetic: an estimate of the last threshold <= a, corrected by one exact comparison either way
-// (the estimate's rounding is far below one step; one way only where the grid is exact in real
-// arithmetic, as every uniform(b) grid is), in branch-free loops the compiler vectorises,
-// where common/stair.h's count_le loops per element and a chain of selects takes a step per
-// threshold. The same levels as count_le's, NaN kept. all_thresholds.h uses it for 4-bit grids
-// and up (level_values), and for many thresholds (arithmetic_hard_forward).
+// The hard stair of a grid whose thresholds and levels are arithmetic, theta_t = theta_0 + t s and
+// q_k = q_0 + k dq, with s and dq powers of two and every stored value checked against the
+// formula. Then t s is exact, so theta_0 + t s is the stored threshold however the compiler
+// contracts it, and Q(a) is found by arithmetic: an estimate of the last threshold <= a,
+// corrected by one exact comparison either way (the estimate's rounding is far below one step;
+// one way only where the grid is exact in real arithmetic, as every uniform(b) grid is), in
+// branch-free loops the compiler vectorises, where common/stair.h's count_le loops per element
+// and a chain of selects takes a step per threshold. The same levels as count_le's, NaN kept.
+// all_thresholds.h uses it for 4-bit grids and up (level_values) and for many thresholds
+// (arithmetic_hard_forward).
 #pragma once
 
 #include "isa_headers.h"

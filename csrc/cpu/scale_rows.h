@@ -1,6 +1,7 @@
 // The CPU reduction of the dynamic scales (SPEC §9; ops/dynamic_kernels.h), compiled per
-// instruction set: each row cut into fixed chunks, each chunk reduced in interleaved accumulators (so that the loop vectorises), the lanes and then the chunks combined in order.
-// The result depends on neither the number of threads nor the instruction set nor the CPU path.
+// instruction set: each row cut into fixed chunks, each chunk reduced in interleaved accumulators
+// (so that the loop vectorises), the lanes and then the chunks combined in order. The result
+// depends on neither the number of threads nor the instruction set nor the CPU path.
 #pragma once
 
 #include "isa_headers.h"
