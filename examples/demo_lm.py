@@ -441,7 +441,7 @@ def main(argv=None) -> dict:
     if args.out:
         facts.update(load_end=load_average(), anacuda=info, cpu_affinity=len(os.sched_getaffinity(0)),
                      nice=os.nice(0))
-        settings = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "summary")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(dict(settings=settings, model=asdict(size), sigma0=sigma0,
                                                   heldout_works=corpus.heldout_works, meta=facts, **record),
