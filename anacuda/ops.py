@@ -1,7 +1,7 @@
-"""The thin layer over torch.ops.anacuda: fake (meta) implementations and autograd.
+"""The thin layer over torch.ops.anacuda: the fake (meta) implementations.
 
-Schemas live in csrc/anacuda.cpp, the host entries in csrc/ops, kernels in csrc/cpu and
-csrc/cuda. Helper ops carry a leading underscore, as torchvision's do. Every op returns a new
+Schemas live in csrc/anacuda.cpp, the host entries in csrc/ops, the autograd in
+csrc/ops/autograd.cpp, kernels in csrc/cpu and csrc/cuda. Helper ops carry a leading underscore, as torchvision's do. Every op returns a new
 tensor of its input's shape and dtype in the input's memory format (contiguous, channels_last or
 channels_last_3d, as ``suggest_memory_format`` says; csrc/ops/memory_order.h).
 """
@@ -69,26 +69,6 @@ def uses_code(noise_b: str, thresholds: torch.Tensor) -> bool:
     return noise_b == "uniform" and thresholds.numel() <= CODE_MAX_THRESHOLDS
 
 
-# ana saves its input; the coded backward is _ana_coded's (functional.ana chooses between them).
-def _ana_setup_context(ctx, inputs, output):
-    x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed, noise_b, mu_b, sigma_b = inputs
-    ctx.save_for_backward(x, levels, thresholds, eps, mu_b, sigma_b, mu, sigma, seed)
-    ctx.uniform_grid = uniform_grid
-    ctx.noise_b = noise_b
-    ctx.forward = (noise, strategy, training)  # a learned eps's backward recomputes g (SPEC §8)
-
-
-def _ana_backward(ctx, grad):
-    if ctx.needs_input_grad[4]:
-        return _ana_backward_learned_eps(ctx, grad)
-    if not ctx.needs_input_grad[0]:
-        return (None,) * 14
-    x, levels, thresholds, eps, mu_b, sigma_b, _mu, _sigma, _seed = ctx.saved_tensors
-    gx = torch.ops.anacuda._ana_backward(grad, x, levels, thresholds, ctx.uniform_grid, eps, ctx.noise_b, mu_b,
-                                         sigma_b)
-    return (gx,) + (None,) * 13
-
-
 # --- a learned eps (SPEC §8): grad_x and grad_eps in one pass ----------------------------------
 @torch.library.register_fake("anacuda::_ana_backward_eps")
 def _ana_backward_eps_fake(grad, x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, strategy, training, seed,
@@ -96,17 +76,6 @@ def _ana_backward_eps_fake(grad, x, levels, thresholds, uniform_grid, eps, noise
     _check_devices(x, (levels, thresholds, grad), eps=eps, mu=mu, sigma=sigma, seed=seed,
                    **{"backward mu": mu_b, "backward sigma": sigma_b})
     return _fresh_like(x), torch.empty(eps.shape, dtype=eps.dtype, device=eps.device)
-
-
-def _ana_backward_learned_eps(ctx, grad):
-    x, levels, thresholds, eps, mu_b, sigma_b, mu, sigma, seed = ctx.saved_tensors
-    noise, strategy, training = ctx.forward
-    gx, geps = torch.ops.anacuda._ana_backward_eps(grad, x, levels, thresholds, ctx.uniform_grid, eps, noise, mu,
-                                                   sigma, strategy, training, seed, ctx.noise_b, mu_b, sigma_b)
-    return (gx if ctx.needs_input_grad[0] else None, None, None, None, geps) + (None,) * 9
-
-
-torch.library.register_autograd("anacuda::ana", _ana_backward, setup_context=_ana_setup_context)
 
 
 # --- _ana_coded: the forward and the backward's code in one pass --------------------------------
@@ -118,10 +87,6 @@ def _ana_coded_fake(x, levels, thresholds, uniform_grid, eps, noise, mu, sigma, 
     return y, _fresh_like(x, torch.uint8)
 
 
-# _ana_coded's autograd is C++ (csrc/ops/autograd.cpp: torch.library's Python registration costs
-# more per call than a small layer's kernel): grad_x = _ana_backward_code(grad, code, levels, sigma_b).
-
-
 # --- alpha_blend ------------------------------------------------------------------------------
 @torch.library.register_fake("anacuda::alpha_blend")
 def _alpha_blend_fake(w, levels, thresholds, uniform_grid, eps, alpha):
@@ -129,36 +94,10 @@ def _alpha_blend_fake(w, levels, thresholds, uniform_grid, eps, alpha):
     return _fresh_like(w)
 
 
-def _alpha_blend_setup_context(ctx, inputs, output):
-    w, levels, thresholds, uniform_grid, eps, alpha = inputs
-    ctx.save_for_backward(alpha, w, levels, thresholds, eps)
-    ctx.uniform_grid = uniform_grid
-
-
-def _alpha_blend_backward(ctx, grad):
-    alpha, w, levels, thresholds, eps = ctx.saved_tensors
-    # A learned eps (SPEC §8): alpha * Q(w / eps), reduced to eps's shape in the kernel.
-    geps = None
-    if ctx.needs_input_grad[4]:
-        geps = torch.ops.anacuda._alpha_blend_backward_eps(grad, w, levels, thresholds, ctx.uniform_grid, eps, alpha)
-    gw = _blend_grad(grad, alpha) if ctx.needs_input_grad[0] else None
-    return gw, None, None, None, geps, None
-
-
-def _blend_grad(grad, alpha):
-    """(1 - alpha) * grad: no gradient through the quantised term (SPEC §6), one multiply, no kernel
-    of its own; half types computed in float32."""
-    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    return (grad.to(acc) * (1 - alpha.to(acc).reshape(()))).to(grad.dtype)
-
-
 @torch.library.register_fake("anacuda::_alpha_blend_backward_eps")
 def _alpha_blend_backward_eps_fake(grad, w, levels, thresholds, uniform_grid, eps, alpha):
     _check_devices(w, (levels, thresholds, grad), eps=eps, alpha=alpha)
     return torch.empty(eps.shape, dtype=eps.dtype, device=eps.device)
-
-
-torch.library.register_autograd("anacuda::alpha_blend", _alpha_blend_backward, setup_context=_alpha_blend_setup_context)
 
 
 # --- dynamic scales (SPEC §9): csrc/ops/dynamic.cpp -------------------------------------------
@@ -194,42 +133,3 @@ def _alpha_blend_dynamic_fake(w, levels, thresholds, uniform_grid, rule, reach, 
     _check_devices(w, (levels, thresholds), alpha=alpha)
     _dynamic_eps_shape(w, rule)
     return _fresh_like(w)
-
-
-# The scale is a constant of the step (no gradient through it, SPEC §9): the backward is §5's at it.
-# The identity backward needs no x: a scale is NaN exactly where its group holds a NaN or +-inf
-# (SPEC §9), so "NaN where x / eps is NaN" is "NaN where eps is", and grad in x's place gives it.
-# Nothing of the input's size is kept for it (as BitNet's x + (q - x).detach() keeps nothing).
-def _ana_dynamic_setup_context(ctx, inputs, output):
-    x, levels, thresholds, uniform_grid = inputs[:4]
-    noise_b, mu_b, sigma_b = inputs[13:]
-    ctx.save_for_backward(None if noise_b == "identity" else x, output[1], levels, thresholds, mu_b, sigma_b)
-    ctx.mark_non_differentiable(output[1])
-    ctx.uniform_grid = uniform_grid
-    ctx.noise_b = noise_b
-
-
-def _ana_dynamic_backward(ctx, grad, _grad_eps):
-    if not ctx.needs_input_grad[0]:
-        return (None,) * 16
-    x, eps, levels, thresholds, mu_b, sigma_b = ctx.saved_tensors
-    gx = torch.ops.anacuda._ana_dynamic_backward(grad, grad if x is None else x, eps, levels, thresholds,
-                                                 ctx.uniform_grid, ctx.noise_b, mu_b, sigma_b)
-    return (gx,) + (None,) * 15
-
-
-torch.library.register_autograd("anacuda::_ana_dynamic", _ana_dynamic_backward,
-                                setup_context=_ana_dynamic_setup_context)
-
-
-def _alpha_blend_dynamic_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[7])
-
-
-def _alpha_blend_dynamic_backward(ctx, grad):
-    (alpha,) = ctx.saved_tensors
-    return (_blend_grad(grad, alpha) if ctx.needs_input_grad[0] else None,) + (None,) * 7
-
-
-torch.library.register_autograd("anacuda::_alpha_blend_dynamic", _alpha_blend_dynamic_backward,
-                                setup_context=_alpha_blend_dynamic_setup_context)

@@ -211,6 +211,12 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True,
     where the op checks them), with a ValueError, as a number's are.
     minimum: "any", "nonnegative", "positive" or "unit" (in [0, 1]).
     """
+    # A number checked before: its tensor (the checks cost microseconds). Not while compiling:
+    # dynamo would guard on the cache.
+    if (type(value) is float or type(value) is int) and not torch.compiler.is_compiling():
+        known = _CHECKED.get((value, math.copysign(1.0, value), minimum))
+        if known is not None:
+            return known
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise TypeError(f"anacuda: {name} must be a floating tensor, got {value.dtype}")
@@ -234,7 +240,14 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True,
     _check_value(v, name, minimum)
     if torch.compiler.is_compiling():
         return torch.tensor(v, dtype=torch.float64)
-    return _host_scalar(v, math.copysign(1.0, v))
+    t = _host_scalar(v, math.copysign(1.0, v))
+    if len(_CHECKED) < 4096:
+        _CHECKED[(value, math.copysign(1.0, v), minimum)] = t
+    return t
+
+
+# (number, its sign, minimum) -> its host tensor, for numbers that passed that minimum's check.
+_CHECKED: dict = {}
 
 
 @functools.lru_cache(maxsize=1024)

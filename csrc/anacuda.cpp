@@ -1,6 +1,7 @@
 // Every op schema of anacuda, in one place. Host entries: ops/<name>.cpp (one for every device),
-// their kernels: cpu/ and cuda/. Fakes and autograd: anacuda/ops.py. Semantics: docs/semantics.md
-// (SPEC §n) and anacuda/reference.py. Helper ops carry a leading underscore, as torchvision's do.
+// their kernels: cpu/ and cuda/; autograd: ops/autograd.cpp; fakes: anacuda/ops.py. Semantics:
+// docs/semantics.md (SPEC §n) and anacuda/reference.py. Helper ops carry a leading underscore,
+// as torchvision's do.
 #include <Python.h>
 #include <torch/library.h>
 

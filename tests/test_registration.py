@@ -235,3 +235,50 @@ def test_compile_fullgraph_random_strategy():
     a = cf(x, torch.tensor(0.7))
     torch.manual_seed(11)
     assert_equal(a, F.ana(x, q, "normal", sigma=0.7, strategy="random"))
+
+
+# --- autograd in C++ (csrc/ops/autograd.cpp) -------------------------------------------------------
+def test_autograd_is_cpp_and_records_nothing_without_a_gradient():
+    """Every differentiable op's graph node is C++'s (torch.library's Python autograd costs more per
+    call than a small layer's kernel), and a call that needs no gradient records no node."""
+    q = Q.ternary()
+    base = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    learned = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    calls = {  # node name: the call, given x
+        "Ana": lambda x: F.ana(x, q, "normal", 0.0, 0.5),
+        "AnaCoded": lambda x: F.ana(x, q, "uniform", 0.0, 0.5, "mode"),
+        "AlphaBlend": lambda x: F.alpha_blend(x, q, 0.5),
+        "AnaDynamic": lambda x: F.ana(x, q, eps="absmax_per_token"),
+        "AlphaBlendDynamic": lambda x: F.alpha_blend(x, q, 0.5, eps="absmean"),
+    }
+    for name, call in calls.items():
+        x = base.clone().requires_grad_(True)
+        node = call(x).grad_fn
+        assert node is not None and node.name().endswith(f"::{name}>"), (name, node)
+        with torch.no_grad():
+            assert call(x).grad_fn is None, name
+        assert call(base).grad_fn is None, name
+    # a learned eps alone needs the node (SPEC §8), and gets its gradient from it
+    for call in (lambda: F.ana(base, q, "normal", 0.0, 0.5, eps=learned), lambda: F.alpha_blend(base, q, 0.5, learned)):
+        y = call()
+        assert y.grad_fn is not None and "CppNode" in y.grad_fn.name()
+        (g,) = torch.autograd.grad(y.sum(), learned)
+        assert torch.isfinite(g) and g != 0
+
+
+def test_numbers_are_checked_once_per_minimum():
+    """A number's tensor is made and checked once (the checks cost microseconds per call), but a
+    number that passed one minimum's check is still checked against another's."""
+    from anacuda.quantizer import as_param
+
+    a, b = as_param(0.375, "mu"), as_param(0.375, "sigma", "nonnegative")
+    assert a is as_param(0.375, "mu") and b is as_param(0.375, "sigma", "nonnegative")
+    assert a.dtype == torch.float64 and a.item() == 0.375
+    assert as_param(-0.375, "mu").item() == -0.375
+    with pytest.raises(ValueError, match="sigma"):
+        as_param(-0.375, "sigma", "nonnegative")
+    assert torch.copysign(torch.ones(()), as_param(-0.0, "mu")).item() == -1.0  # -0.0 is not 0.0
+    assert torch.copysign(torch.ones(()), as_param(0.0, "mu")).item() == 1.0
+    assert as_param(2, "eps", "positive").item() == 2.0
+    with pytest.raises(ValueError, match="eps"):
+        as_param(0, "eps", "positive")
