@@ -60,8 +60,8 @@ __version__ = _version()
 
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled in, the CUDA
-    version and architectures; and which build of the CPU kernels runs here (AVX2, or DEFAULT
-    on other processors and under ``ATEN_CPU_CAPABILITY=default``)."""
+    version and architectures; and which build of the CPU kernels runs here: ATen's own
+    choice, AVX512, AVX2 or DEFAULT (``ATEN_CPU_CAPABILITY`` picks a lower one)."""
     return {
         "version": __version__,
         "torch": _build_info.TORCH_VERSION,

@@ -101,7 +101,7 @@ PyObject* set_cpu_path(PyObject*, PyObject* arg) {
 
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels are compiled in."},
-    {"cpu_kernels", cpu_kernels, METH_NOARGS, "The build of the CPU kernels in use: AVX2 or DEFAULT."},
+    {"cpu_kernels", cpu_kernels, METH_NOARGS, "The build of the CPU kernels in use: AVX512, AVX2 or DEFAULT."},
     {"_cpu_path", cpu_path, METH_NOARGS, "The CPU path: 'fast' or 'functors' (the GPU's code)."},
     {"_set_cpu_path", set_cpu_path, METH_O, "Sets the CPU path: 'fast' or 'functors' (for tests)."},
     {nullptr, nullptr, 0, nullptr}};

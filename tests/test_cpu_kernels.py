@@ -1,6 +1,6 @@
-"""The two builds of the CPU kernels (csrc/cpu/kernels.h): the AVX2 build this processor runs
-must compute what the baseline build computes, which a subprocess runs under
-ATEN_CPU_CAPABILITY=default. Bit for bit wherever both evaluate the same arithmetic; within a
+"""The builds of the CPU kernels (csrc/cpu/kernel_table.h): the AVX512 and AVX2 builds this
+processor runs must compute what the baseline build computes, each in a subprocess under
+ATEN_CPU_CAPABILITY (default, avx2). Bit for bit wherever both evaluate the same arithmetic; within a
 few ulps where the smooth noises call SIMD exp/erfc (SLEEF) instead of libm."""
 
 from __future__ import annotations
@@ -68,15 +68,33 @@ def _exact(key) -> tuple:
     return forward, not smooth
 
 
-@pytest.mark.skipif(anacuda.build_info()["cpu_kernels"] == "DEFAULT", reason="this processor runs the baseline build")
-def test_avx2_build_computes_what_the_baseline_build_computes(tmp_path):
-    path = tmp_path / "default.pt"
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+def _simd_builds() -> list:
+    """The SIMD builds this processor runs: ATen's own capability and, from AVX512 down, AVX2."""
+    if os.uname().machine != "x86_64":
+        return []
+    return {"AVX512": ["AVX512", "AVX2"], "AVX2": ["AVX2"]}.get(torch.backends.cpu.get_cpu_capability(), [])
+
+
+def _battery_under(capability: str, path) -> dict:
+    """battery() in a subprocess whose ATen (and so anacuda) runs `capability`."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability.lower())
     code = ("import sys, torch, anacuda; sys.path.insert(0, 'tests'); import test_cpu_kernels as t; "
-            "assert anacuda.build_info()['cpu_kernels'] == 'DEFAULT'; torch.save(t.battery(), sys.argv[1])")
+            f"assert anacuda.build_info()['cpu_kernels'] == {capability!r}; torch.save(t.battery(), sys.argv[1])")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env, cwd=root)
-    baseline, here = torch.load(path), battery()
+    return torch.load(path)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return _battery_under("DEFAULT", tmp_path_factory.mktemp("default") / "default.pt")
+
+
+@pytest.mark.parametrize("build", ["AVX512", "AVX2"])
+def test_simd_build_computes_what_the_baseline_build_computes(build, baseline, tmp_path):
+    if build not in _simd_builds():
+        pytest.skip(f"this processor does not run the {build} build")
+    here = battery() if anacuda.build_info()["cpu_kernels"] == build else _battery_under(build, tmp_path / "simd.pt")
     assert baseline.keys() == here.keys()
     for key, outs in here.items():
         for exact, got, want in zip(_exact(key), outs, baseline[key]):
@@ -90,7 +108,6 @@ def test_avx2_build_computes_what_the_baseline_build_computes(tmp_path):
                 torch.testing.assert_close(got, want, rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{key}: {m}")
 
 
-def test_the_avx2_build_runs_where_torch_runs_avx2():
-    x86 = os.uname().machine == "x86_64"
-    want = "AVX2" if x86 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "DEFAULT"
-    assert anacuda.build_info()["cpu_kernels"] == want
+def test_the_simd_build_runs_where_torch_runs_it():
+    builds = _simd_builds()
+    assert anacuda.build_info()["cpu_kernels"] == (builds[0] if builds else "DEFAULT")

@@ -2,7 +2,7 @@
 // (multiply-adds stay unfused: -ffp-contract=off keeps the results those of the baseline).
 #include "isa_headers.h"
 
-#if ANACUDA_HAS_AVX2
+#if ANACUDA_HAS_X86_BUILDS
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else

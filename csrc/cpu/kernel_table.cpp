@@ -11,30 +11,34 @@ namespace anacuda {
 
 namespace {
 
-bool runs_avx2() {
-#if ANACUDA_HAS_AVX2
-  static const bool avx2 = [] {
+enum class Isa { Default, Avx2, Avx512 };
+
+Isa isa() {
+#if ANACUDA_HAS_X86_BUILDS
+  static const Isa chosen = [] {
     const std::string cap = at::get_cpu_capability();
-    return cap == "AVX2" || cap == "AVX512";
+    return cap == "AVX512" ? Isa::Avx512 : cap == "AVX2" ? Isa::Avx2 : Isa::Default;
   }();
-  return avx2;
+  return chosen;
 #else
-  return false;
+  return Isa::Default;
 #endif
 }
 
 }  // namespace
 
 const DeviceKernels& cpu_kernels() {
-#if ANACUDA_HAS_AVX2
-  if (runs_avx2()) return AVX2::kernels;
+#if ANACUDA_HAS_X86_BUILDS
+  if (isa() == Isa::Avx512) return AVX512::kernels;
+  if (isa() == Isa::Avx2) return AVX2::kernels;
 #endif
   return DEFAULT::kernels;
 }
 
 const CpuOnlyKernels& cpu_only_kernels() {
-#if ANACUDA_HAS_AVX2
-  if (runs_avx2()) return AVX2::cpu_only;
+#if ANACUDA_HAS_X86_BUILDS
+  if (isa() == Isa::Avx512) return AVX512::cpu_only;
+  if (isa() == Isa::Avx2) return AVX2::cpu_only;
 #endif
   return DEFAULT::cpu_only;
 }

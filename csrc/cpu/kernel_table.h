@@ -1,7 +1,7 @@
 // The CPU's kernels, compiled once per instruction set (isa_default.cpp and, on x86-64,
-// isa_avx2.cpp, both from paths.h) and chosen at run time the way ATen chooses its own: the best
-// the processor has, or the baseline under ATEN_CPU_CAPABILITY=default (how the tests compare the
-// two builds of every kernel).
+// isa_avx2.cpp and isa_avx512.cpp, all from paths.h) and chosen at run time as ATen chooses its
+// own (at::get_cpu_capability): the best the processor has, or the one ATEN_CPU_CAPABILITY names
+// (avx2, or default for the baseline: how the tests compare the builds of every kernel).
 //
 // Each build has two paths. "fast": the CPU's own loops where they apply (all_thresholds.h,
 // smooth_window.h). "functors": the GPU's code, the functors of common/functors.h in the CUDA
@@ -16,10 +16,11 @@
 #include "../ops/device_kernels.h"
 #include "../ops/dynamic_kernels.h"
 
+// The AVX2 and AVX512 builds (x86-64, with the compilers whose target pragmas they use).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ANACUDA_HAS_AVX2 1
+#define ANACUDA_HAS_X86_BUILDS 1
 #else
-#define ANACUDA_HAS_AVX2 0
+#define ANACUDA_HAS_X86_BUILDS 0
 #endif
 
 namespace anacuda {
@@ -37,8 +38,12 @@ namespace DEFAULT {
 extern const DeviceKernels kernels;
 extern const CpuOnlyKernels cpu_only;
 }
-#if ANACUDA_HAS_AVX2
+#if ANACUDA_HAS_X86_BUILDS
 namespace AVX2 {
+extern const DeviceKernels kernels;
+extern const CpuOnlyKernels cpu_only;
+}
+namespace AVX512 {
 extern const DeviceKernels kernels;
 extern const CpuOnlyKernels cpu_only;
 }
