@@ -112,14 +112,22 @@ inline void shifted(const scalar_t* x, int64_t n, EachEps<T> e, T mu, T* a) {
 }
 
 // v[j] = Q(a[j]) = q[#{t: a[j] >= theta_t}] as a chain of selects (the thresholds are sorted),
-// so no gather, or by arithmetic; a NaN a[j] gives some level (the callers keep the NaN).
+// so no gather, or by arithmetic; a NaN a[j] gives some level (the callers keep the NaN). The
+// chain runs in registers, a vector at a time: as a loop over thresholds of loops over the block,
+// v[j] = a[j] >= th ? q : v[j] became masked stores in GCC's AVX-512 code, which the next
+// threshold's loads wait on (three times slower than AVX2 on AMD Zen 4).
 template <typename T> inline void level_values(const ThresholdTable<T>& s, const T* a, int64_t n, T* v) {
   if (s.arithmetic) return arithmetic_levels(s.ag, a, n, v);
-  const T q0 = s.q[0];  // a local: v's stores could alias the table's, so the loop would reload it
-  for (int64_t j = 0; j < n; ++j) v[j] = q0;
-  for (int t = 0; t < s.K; ++t) {
-    const T th = s.theta[t], q = s.q[t + 1];
-    for (int64_t j = 0; j < n; ++j) v[j] = a[j] >= th ? q : v[j];
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const int K = s.K;
+  for (int64_t j = 0; j < n; j += W) {
+    const int m = static_cast<int>(std::min(W, n - j));
+    const V x = m == W ? V::loadu(a + j) : V::loadu(a + j, m);
+    V level(s.q[0]);
+    for (int t = 0; t < K; ++t) level = V::blendv(level, V(s.q[t + 1]), x >= V(s.theta[t]));
+    if (m == W) level.store(v + j);
+    else level.store(v + j, m);
   }
 }
 
@@ -335,23 +343,58 @@ void block_identity_backward(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   });
 }
 
-// grad_x from the code through a 256-entry table of code_derivative, the functor's own maths.
+// grad_x from the code through a 256-entry table of code_derivative, the functor's own maths. On
+// a quantiser of at most 3 thresholds (binary, ternary, 2 bits) every valid code lo << 4 | hi has
+// lo, hi < 4: 16 entries, which one register holds (AVX-512: one permute per 16 elements instead
+// of a gather; AVX2: two per 8), and any code with a bit of 0xCC set is invalid or NaN.
 template <typename scalar_t, typename T>
 void table_backward_code(const T* q, int K, const scalar_t* g, const uint8_t* code, scalar_t* gx, int64_t n, T sigma) {
   T table[256];
   for (int c = 0; c < 256; ++c) table[c] = code_derivative(q, K, static_cast<uint8_t>(c), sigma);
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  alignas(64) float small[16];  // small[(lo << 2) | hi] = table[lo << 4 | hi]
+  for (int c = 0; c < 16; ++c) small[c] = static_cast<float>(table[(c >> 2) << 4 | (c & 3)]);
+#endif
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     int64_t i = begin;
 #if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<scalar_t, float>) {  // 16 table entries per gather
-      for (; i + 16 <= end; i += 16) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (K <= 3) {
+        const __m512 lut = _mm512_load_ps(small);
+        const __m512i low2 = _mm512_set1_epi32(3), high2 = _mm512_set1_epi32(0xC), bad = _mm512_set1_epi32(0xCC);
+        const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
+        for (; i + 16 <= end; i += 16) {
+          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code + i)));
+          const __m512i idx =
+              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 2), high2), _mm512_and_si512(c, low2));
+          const __m512 d = _mm512_mask_blend_ps(_mm512_test_epi32_mask(c, bad), _mm512_permutexvar_ps(idx, lut), nan);
+          _mm512_storeu_ps(gx + i, _mm512_mul_ps(_mm512_loadu_ps(g + i), d));
+        }
+      }
+      for (; i + 16 <= end; i += 16) {  // 16 table entries per gather
         const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code + i)));
         _mm512_storeu_ps(gx + i, _mm512_mul_ps(_mm512_loadu_ps(g + i), _mm512_i32gather_ps(c, table, 4)));
       }
     }
 #elif defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<scalar_t, float>) {  // 8 table entries per gather
-      for (; i + 8 <= end; i += 8) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (K <= 3) {
+        const __m256 lut_lo = _mm256_load_ps(small), lut_hi = _mm256_load_ps(small + 8);
+        const __m256i low2 = _mm256_set1_epi32(3), high2 = _mm256_set1_epi32(0xC), bad = _mm256_set1_epi32(0xCC);
+        const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
+        for (; i + 8 <= end; i += 8) {
+          const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + i)));
+          const __m256i idx =
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(c, 2), high2), _mm256_and_si256(c, low2));
+          const __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 of idx as the sign
+          __m256 d = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lut_lo, idx), _mm256_permutevar8x32_ps(lut_hi, idx),
+                                      upper);
+          const __m256i invalid = _mm256_cmpgt_epi32(_mm256_and_si256(c, bad), _mm256_setzero_si256());
+          d = _mm256_blendv_ps(d, nan, _mm256_castsi256_ps(invalid));
+          _mm256_storeu_ps(gx + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), d));
+        }
+      }
+      for (; i + 8 <= end; i += 8) {  // 8 table entries per gather
         const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + i)));
         _mm256_storeu_ps(gx + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), _mm256_i32gather_ps(table, c, 4)));
       }
