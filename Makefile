@@ -53,6 +53,7 @@ bench: build
 	$(PYTHON) benchmarks/train_step.py --out $(RESULTS)
 	$(PYTHON) benchmarks/train_step.py --case transformer --out $(RESULTS)
 	$(PYTHON) benchmarks/small_tensors.py --out $(RESULTS)
+	$(PYTHON) benchmarks/isa.py --out $(RESULTS)
 
 # The CPU extension under AddressSanitizer + UndefinedBehaviorSanitizer, and the op tests.
 sanitize: deps

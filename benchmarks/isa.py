@@ -24,19 +24,21 @@ from timing import load_average, machine, median_seconds, paired_ratio  # noqa: 
 SMALL = 1 << 19  # W1 in cache too
 
 
-def _cases():
+def _cases(numel: int, only: list):
     """(name, workload): W1 at 2^19 elements, then every workload at the kernel benchmark's size."""
     from workloads import workloads
 
-    yield f"W1 2^{SMALL.bit_length() - 1}", next(w for w in workloads(SMALL) if w.name == "W1")
-    for w in workloads(1 << 22):
-        yield w.name, w
+    if not only or "W1" in only:
+        yield f"W1 2^{SMALL.bit_length() - 1}", next(w for w in workloads(SMALL) if w.name == "W1")
+    for w in workloads(numel):
+        if not only or w.name in only:
+            yield w.name, w
 
 
-def worker(repeat: int) -> dict:
+def worker(repeat: int, numel: int, only: list) -> dict:
     """{case: [fwd s, fwd+bwd s]} of anacuda under the build this process runs."""
     out = {}
-    for key, w in _cases():
+    for key, w in _cases(numel, only):
         fn = w.impls["anacuda"]
         x = w.make_input("cpu")
         g = torch.ones_like(x)
@@ -50,7 +52,7 @@ def worker(repeat: int) -> dict:
             xr.grad = None
             fn(xr).backward(g)
 
-        out[key] = [median_seconds(fwd, repeat=repeat), median_seconds(fwdbwd, repeat=repeat)]
+        out[key] = [median_seconds(fwd, repeat=repeat, warmup=3), median_seconds(fwdbwd, repeat=repeat, warmup=3)]
     return out
 
 
@@ -60,10 +62,11 @@ def builds() -> list:
     return {"AVX512": ["AVX512", "AVX2"], "AVX2": ["AVX2"]}.get(torch.backends.cpu.get_cpu_capability(), [])
 
 
-def run_build(build: str, repeat: int) -> dict:
+def run_build(build: str, repeat: int, numel: int, only: list) -> dict:
     env = dict(os.environ, ATEN_CPU_CAPABILITY=build.lower())
     code = ("import sys, json, anacuda; sys.path.insert(0, sys.argv[1]); import isa; "
-            f"assert anacuda.build_info()['cpu_kernels'] == {build!r}; print(json.dumps(isa.worker({repeat})))")
+            f"assert anacuda.build_info()['cpu_kernels'] == {build!r}; "
+            f"print(json.dumps(isa.worker({repeat}, {numel}, {only!r})))")
     out = subprocess.run([sys.executable, "-c", code, HERE], check=True, env=env, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -73,6 +76,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeat", type=int, default=9)
+    p.add_argument("--numel", type=int, default=1 << 22, help="elements of W1-W3 (beside W1 at 2^19)")
+    p.add_argument("--only", action="append", help="workload names to run (default: all)")
     args = p.parse_args(argv)
     have = builds()
     if len(have) < 2:
@@ -82,7 +87,7 @@ def main(argv=None):
     samples = {b: [] for b in have}
     for r in range(args.rounds):  # alternating, the first build of the round rotating
         for b in have[r % 2:] + have[:r % 2]:
-            samples[b].append(run_build(b, args.repeat))
+            samples[b].append(run_build(b, args.repeat, args.numel, args.only or []))
             print(f"  round {r + 1}/{args.rounds} {b} done", flush=True)
     cases = list(samples[have[0]][0])
     lines = ["| workload | build | fwd ms | fwd+bwd ms | fwd speed-up over AVX2 | fwd+bwd |",

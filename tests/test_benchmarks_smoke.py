@@ -1,6 +1,7 @@
-"""The training-step (a tiny CNN and the LM demo's transformer at its tiny size) and
-small-tensor benchmarks run, in a tiny configuration, in a fresh interpreter (torchao's import registers things in torch that the other tests should not see),
-and write their results; their target verdicts say met and NOT met where they should."""
+"""The training-step (a tiny CNN and the LM demo's transformer at its tiny size), small-tensor and
+instruction-set benchmarks run, in a tiny configuration, in a fresh interpreter (torchao's import
+registers things in torch that the other tests should not see), and write their results; their
+target verdicts say met and NOT met where they should."""
 
 import importlib
 import json
@@ -145,3 +146,17 @@ def test_train_step_verdicts():
     assert lines[4].endswith("anacuda 1.50x the float step (target <= 1.2) NOT met")
     assert "the peer failed" in lines[5]
 
+
+
+def test_isa_runs(tmp_path):
+    """benchmarks/isa.py: anacuda under each SIMD build this processor runs, side by side."""
+    out = _run("isa.py", "--rounds", "1", "--repeat", "1", "--numel", "4096", "--only", "W1", "--out", str(tmp_path))
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() != "AVX512" or os.uname().machine != "x86_64":
+        assert "nothing to compare" in out
+        return
+    rows = json.loads((tmp_path / "isa-cpu.json").read_text())["rows"]
+    assert {(r["case"], r["build"]) for r in rows} == {(c, b) for c in ("W1 2^19", "W1") for b in ("AVX512", "AVX2")}
+    assert all(r["fwd_s"] > 0 and r["fwdbwd_s"] > 0 for r in rows)
+    assert all(r["speedup_fwd"] == 1.0 for r in rows if r["build"] == "AVX2")

@@ -156,6 +156,28 @@ def test_identity_backward_keeps_no_input(device, rule):
     assert_equal(x.grad, torch.where(torch.isnan(eps), float("nan"), g))
     assert torch.isnan(x.grad).any() and torch.isfinite(x.grad).any() == (rule not in ("absmean", "absmax"))
 
+
+@pytest.mark.parametrize("rule", RULES)
+def test_identity_backward_at_valid_scales_is_the_gradient_itself(rule):
+    """On the CPU, where every scale is valid, the identity backward returns the incoming gradient
+    itself (no pass over memory, as autograd's backward of a clone); where one is not, the kernel's
+    NaN pattern (above), and under torch.compile the same values."""
+    q = QUANTIZERS["int8"]
+    x = _input((4, 6, 32), torch.float32, "cpu").requires_grad_(True)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    f = lambda t: F.ana(t, q, "uniform", sigma=0.0, eps=rule, backward_noise="identity")  # noqa: E731
+    (gx,) = torch.autograd.grad(f(x), x, g)
+    assert gx.data_ptr() == g.data_ptr() and torch.equal(gx, g)
+    xc = x.detach().clone().requires_grad_(True)
+    (gc,) = torch.autograd.grad(torch.compile(f, backend="aot_eager", fullgraph=True)(xc), xc, g)
+    assert_equal(gc, g)
+    bad = x.detach().clone()
+    bad[1, 2, 3] = float("inf")
+    (gb,) = torch.autograd.grad(f(bad.requires_grad_(True)), bad, g)
+    assert_equal(gb, torch.where(torch.isnan(_eps_op(bad.detach(), q, rule)), float("nan"), g))
+    assert gb.data_ptr() != g.data_ptr() and torch.isnan(gb).any()
+
+
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_alpha_blend_at_a_rule(device, rule):

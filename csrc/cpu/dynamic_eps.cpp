@@ -17,7 +17,7 @@ void dynamic_eps_cpu(const ScaleCall& c, const at::Tensor& x, const at::Tensor& 
 
 bool ana_dynamic_rows_cpu(const AnaCall& call, const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps,
                           const at::Tensor& y) {
-  constexpr int64_t kBlockBytes = 64 * 1024;  // a block of rows read twice: from memory, then from cache
+  constexpr int64_t kBlockBytes = 256 * 1024;  // a block of rows read twice: from memory, then from cache
   const int64_t M = c.rows.M, L = c.rows.L;
   if (M < 2 || L * x.element_size() > kBlockBytes || (call.strategy == Strategy::Random && call.training) ||
       !x.is_contiguous() || !y.is_contiguous() || x.numel() != M * L)

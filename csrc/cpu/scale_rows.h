@@ -20,7 +20,7 @@ template <typename scalar_t, typename R> typename R::acc_t chunk_partial(const s
     for (; i + kScaleLanes <= n; i += kScaleLanes)
       for (int j = 0; j < kScaleLanes; ++j) {
         const T a = R::element(static_cast<T>(x[i + j]));
-        nan[j] = a != a ? T(1) : nan[j];
+        nan[j] = std::max(nan[j], a != a ? T(1) : T(0));  // not `? 1 : nan[j]`: GCC made that a masked store
         lane[j] = std::max(lane[j], a);  // a NaN a keeps lane[j]: it is noted in nan[j]
       }
     for (int j = 0; i < n; ++i, ++j) lane[j] = R::combine(lane[j], R::element(static_cast<T>(x[i])));

@@ -8,11 +8,13 @@
 //                         _ana_backward_eps in one pass (it recomputes g, SPEC §8).
 //   _ana_coded:           save the 1-byte code; grad_x = _ana_backward_code.
 //   alpha_blend:          grad_w = (1 - alpha) grad; a learned eps: _alpha_blend_backward_eps.
-//   _ana_dynamic:         the scale is a constant of the step; grad_x = _ana_dynamic_backward.
+//   _ana_dynamic:         the scale is a constant of the step; grad_x = _ana_dynamic_backward
+//                         (the identity's at valid scales on the CPU: grad itself).
 //   _alpha_blend_dynamic: grad_w = (1 - alpha) grad.
 // needs_input_grad counts only the tensor arguments (x 0, levels 1, thresholds 2, eps 3, ...);
 // backward returns one gradient per argument of the schema.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -20,6 +22,8 @@
 #include <optional>
 #include <string>
 #include <tuple>
+
+#include "../common/params.h"
 
 namespace anacuda {
 namespace {
@@ -207,6 +211,20 @@ using DynamicSignature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&
 // The identity backward needs no x: a scale is NaN exactly where its group holds a NaN or +-inf
 // (SPEC §9), so "NaN where x / eps is NaN" is "NaN where eps is", and grad in x's place gives it.
 // Nothing of the input's size is kept for it (as BitNet's x + (q - x).detach() keeps nothing).
+// Where every scale is valid that gradient is grad itself, which the backward then returns as it
+// is, without a pass over memory (as autograd's own backward of a clone does). Checked on the
+// host for a real CPU scale only: a GPU's would need a synchronisation, a traced one has no values.
+bool all_valid_on_host(const Tensor& eps) {
+  constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
+  if (!eps.device().is_cpu() || eps.key_set().has_any(traced) || !eps.is_contiguous()) return false;
+  return AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "anacuda::all_valid_on_host", [&] {
+    const scalar_t* e = eps.const_data_ptr<scalar_t>();
+    bool ok = true;
+    for (int64_t i = 0; i < eps.numel(); ++i) ok &= valid_eps(e[i]);
+    return ok;
+  });
+}
+
 class AnaDynamic : public torch::autograd::Function<AnaDynamic> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& levels, const Tensor& thresholds,
@@ -232,8 +250,10 @@ class AnaDynamic : public torch::autograd::Function<AnaDynamic> {
     variable_list out(16);
     if (ctx->needs_input_grad(0)) {
       const auto s = ctx->get_saved_variables();
-      out[0] = backward.call(grads[0], s[0].defined() ? s[0] : grads[0], s[1], s[2], s[3],
-                             ctx->saved_data.at("uniform_grid").toBool(), str(ctx, "noise_b"), s[4], s[5]);
+      if (!s[0].defined() && all_valid_on_host(s[1])) out[0] = grads[0];  // the identity at valid scales
+      else
+        out[0] = backward.call(grads[0], s[0].defined() ? s[0] : grads[0], s[1], s[2], s[3],
+                               ctx->saved_data.at("uniform_grid").toBool(), str(ctx, "noise_b"), s[4], s[5]);
     }
     return out;
   }
