@@ -91,9 +91,11 @@ class ANAConfig:
         `training` and `generator`. With ``training=False`` it is the hard stair."""
         from .functional import ana
 
-        kw = self.kwargs()
-        kw["eps"] = eps if eps is not None else kw.get("eps", 1.0)
-        return ana(x, training=training, generator=generator, **kw)
+        if eps is None:
+            eps = 1.0 if self.eps is None else self.eps
+        # positional, not **self.kwargs(): a dict per call costs a small layer's kernel time
+        return ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, training, eps,
+                   self.backward_noise, generator)
 
     def replace(self, **changes) -> "ANAConfig":
         """A copy with some fields changed, validated again."""

@@ -12,6 +12,12 @@ from .quantizer import (SCALE_FLOOR, Noise, Param, Quantizer, as_param, check_no
                         check_strategy, grid_reach)
 
 
+# The ops' overloads, looked up once: torch.ops.anacuda.ana resolves them and runs a Python
+# __call__ on every call.
+_ANA, _ANA_CODED, _ANA_DYNAMIC = (torch.ops.anacuda.ana.default, torch.ops.anacuda._ana_coded.default,
+                                  torch.ops.anacuda._ana_dynamic.default)
+
+
 def _check_input(x, quantizer, fn: str):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"anacuda.{fn}: x must be a tensor, got {type(x).__name__}")
@@ -97,12 +103,12 @@ def ana(
     args = (x, levels, thresholds, quantizer.uniform_grid, eps_t, noise, mu_t, sigma_t, strategy, training, seed,
             back.name, back.mu, back.sigma)
     if isinstance(eps_t, str):  # a dynamic scale, computed by the op in the same call
-        return torch.ops.anacuda._ana_dynamic(x, levels, thresholds, quantizer.uniform_grid, eps_t, grid_reach(quantizer),
-                                              SCALE_FLOOR, *args[5:])[0]
+        return _ANA_DYNAMIC(x, levels, thresholds, quantizer.uniform_grid, eps_t, grid_reach(quantizer), SCALE_FLOOR,
+                            *args[5:])[0]
     # A learned eps needs u in the backward (SPEC §8): ana saves x, never the 1-byte code.
     if x.requires_grad and torch.is_grad_enabled() and ops.uses_code(back.name, thresholds) and not eps_t.requires_grad:
-        return torch.ops.anacuda._ana_coded(*args)[0]  # the backward's 1-byte code from the same pass
-    return torch.ops.anacuda.ana(*args)
+        return _ANA_CODED(*args)[0]  # the backward's 1-byte code from the same pass
+    return _ANA(*args)
 
 
 def alpha_blend(w: torch.Tensor, quantizer: Quantizer, alpha: Param, eps: Param = 1.0) -> torch.Tensor:
