@@ -282,3 +282,19 @@ def test_numbers_are_checked_once_per_minimum():
     assert as_param(2, "eps", "positive").item() == 2.0
     with pytest.raises(ValueError, match="eps"):
         as_param(0, "eps", "positive")
+
+
+def test_backward_makes_nothing_for_the_code_or_the_scale():
+    """The code and the scale are outputs without a gradient: the backward gets none for them (no
+    zeros of the code's size made and filled on every step)."""
+    q = Q.ternary()
+    for call in (lambda t: F.ana(t, q, "uniform", 0.0, 0.5, "mode"),  # _ana_coded: (y, code)
+                 lambda t: F.ana(t, q, "uniform", 0.0, 0.5, "mode", eps="absmax_per_token")):  # _ana_dynamic: (y, eps)
+        x = torch.randn(64, 64, requires_grad=True)
+        y = call(x)
+        g = torch.ones_like(y)
+        with torch.profiler.profile() as prof:
+            y.backward(g)
+        names = {e.key for e in prof.key_averages()}
+        assert not names & {"aten::zeros", "aten::zero_", "aten::fill_"}, names
+        assert x.grad is not None and torch.isfinite(x.grad).all()

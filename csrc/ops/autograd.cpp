@@ -12,7 +12,8 @@
 //                         (the identity's at valid scales on the CPU: grad itself).
 //   _alpha_blend_dynamic: grad_w = (1 - alpha) grad.
 // needs_input_grad counts only the tensor arguments (x 0, levels 1, thresholds 2, eps 3, ...);
-// backward returns one gradient per argument of the schema.
+// backward returns one gradient per argument of the schema; an undefined incoming gradient (of y
+// where only the code or scale output is used) gives none.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -136,6 +137,7 @@ class AnaCoded : public torch::autograd::Function<AnaCoded> {
                                 noise_b, mu_b, sigma_b);
     ctx->save_for_backward({code, levels, sigma_b});
     ctx->mark_non_differentiable({code});
+    ctx->set_materialize_grads(false);  // else the code's gradient comes as zeros of its size
     return {y, code};
   }
 
@@ -143,7 +145,7 @@ class AnaCoded : public torch::autograd::Function<AnaCoded> {
     static const auto backward =
         op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>("anacuda::_ana_backward_code");
     variable_list out(14);
-    if (ctx->needs_input_grad(0)) {
+    if (ctx->needs_input_grad(0) && grads[0].defined()) {
       const auto s = ctx->get_saved_variables();
       out[0] = backward.call(grads[0], s[0], s[1], s[2]);
     }
@@ -238,6 +240,7 @@ class AnaDynamic : public torch::autograd::Function<AnaDynamic> {
                                  training, seed, noise_b, mu_b, sigma_b);
     ctx->save_for_backward({noise_b == "identity" ? Tensor() : x, eps, levels, thresholds, mu_b, sigma_b});
     ctx->mark_non_differentiable({eps});
+    ctx->set_materialize_grads(false);  // else the scale's gradient comes as zeros of its size
     ctx->saved_data["uniform_grid"] = uniform_grid;
     ctx->saved_data["noise_b"] = std::string(noise_b);
     return {y, eps};
@@ -248,7 +251,7 @@ class AnaDynamic : public torch::autograd::Function<AnaDynamic> {
         op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, string_view,
                   const Tensor&, const Tensor&)>("anacuda::_ana_dynamic_backward");
     variable_list out(16);
-    if (ctx->needs_input_grad(0)) {
+    if (ctx->needs_input_grad(0) && grads[0].defined()) {
       const auto s = ctx->get_saved_variables();
       if (!s[0].defined() && all_valid_on_host(s[1])) out[0] = grads[0];  // the identity at valid scales
       else
