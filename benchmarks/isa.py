@@ -52,20 +52,11 @@ def _fastest(fn, repeat: int) -> float:
 def worker(repeat: int, numel: int, only: list) -> dict:
     """{case: [fwd s, fwd+bwd s]} of anacuda under the build this process runs."""
     out = {}
+    from workloads import timed_calls
+
     for key, w in _cases(numel, only):
-        fn = w.impls["anacuda"]
         x = w.make_input("cpu")
-        g = torch.ones_like(x)
-        xr = x.clone().requires_grad_()
-
-        def fwd():
-            with torch.no_grad():
-                fn(x)
-
-        def fwdbwd():
-            xr.grad = None
-            fn(xr).backward(g)
-
+        fwd, fwdbwd = timed_calls(w.impls["anacuda"], x, torch.ones_like(x))
         out[key] = [_fastest(fwd, repeat), _fastest(fwdbwd, repeat)]
     return out
 

@@ -19,7 +19,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the workloads beside, anacuda in
 
 import anacuda  # noqa: E402
 from timing import machine, median_seconds  # noqa: E402
-from workloads import limits, workloads  # noqa: E402
+from workloads import limits, timed_calls, workloads  # noqa: E402
 
 
 def check_same_forward(w, x, impls):
@@ -47,16 +47,7 @@ def bench_workload(w, device, repeat, budget):
     t_mul = median_seconds(lim["bwd"], repeat=repeat)
     rows = []
     for name, fn in w.impls.items():
-        xr = x.clone().requires_grad_()
-
-        def fwd():
-            with torch.no_grad():
-                fn(x)
-
-        def fwdbwd():
-            xr.grad = None
-            fn(xr).backward(g)
-
+        fwd, fwdbwd = timed_calls(fn, x, g)
         row = dict(workload=w.name, title=w.title, device=device, impl=name, numel=x.numel(),
                    dtype=str(x.dtype).replace("torch.", ""), note=w.notes.get(name, ""))
         for key, f in (("fwd", fwd), ("fwdbwd", fwdbwd)):

@@ -254,6 +254,22 @@ def workloads(numel: int = 1 << 22):
     ]
 
 
+def timed_calls(fn, x: torch.Tensor, g: torch.Tensor):
+    """(fwd, fwdbwd): fn's no-grad forward on x, and its forward + backward (gradient g) on a
+    copy of x that requires grad, its .grad reset every call."""
+    xr = x.clone().requires_grad_()
+
+    def fwd():
+        with torch.no_grad():
+            fn(x)
+
+    def fwdbwd():
+        xr.grad = None
+        fn(xr).backward(g)
+
+    return fwd, fwdbwd
+
+
 def limits(x: torch.Tensor, g: Optional[torch.Tensor] = None):
     """The machine's limit for producing fresh tensors: a forward is at best x.clone(), a
     backward at best g * x."""
