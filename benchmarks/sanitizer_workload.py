@@ -3,7 +3,9 @@ racecheck, initcheck): every CUDA kernel a few times, in every dtype. Forward of
 strategy, both backwards (the 1-byte code and the plain one), alpha-blending; vector body and
 scalar tail, a tail-only and a one-element input, misaligned and non-contiguous inputs, an empty
 one; a uniform grid, a long grid (the window) and an arbitrary grid (the binary search);
-per-channel eps, hyper-parameters on the device, a backward noise of its own, a generator.
+per-channel eps, hyper-parameters on the device, a backward noise of its own, a generator;
+learned scales (the eps gradient's block partials); dynamic scales (every rule, a block per row
+and the two-kernel path, the identity backward).
 
 It checks no values (the op tests do, against the reference); the sanitizer checks every memory
 access. Each group ends with a synchronisation, so a report names the group it came from. Runs
@@ -111,10 +113,31 @@ def groups(device):
             blend_fwd_bwd(w[:, :, 1:], q3, t(0.7), 0.05)  # non-contiguous
             blend_fwd_bwd(w.reshape(-1)[1:N + 1], q8, 1.0, t(0.01))  # misaligned
 
+    def learned_scales():
+        for dtype in DTYPES:
+            w = inputs(64 * 75, dtype, dev).reshape(64, 3, 5, 5)
+            per_channel = (w.detach().abs().amax(dim=(1, 2, 3), keepdim=True).float() / 7 + 1e-3).requires_grad_(True)
+            for noise, strategy in PAIRS:
+                fwd_bwd(w, q4, noise=noise, strategy=strategy, sigma=0.5, eps=per_channel)
+                fwd_bwd(w, q4, noise=noise, strategy=strategy, sigma=0.5, eps=t(0.3).requires_grad_(True))
+            fwd_bwd(w[:, 1:], q3, noise="uniform", strategy="mode", eps=per_channel)  # non-contiguous
+
+    def dynamic_scales():
+        rules = ["absmax_per_token", "absmean", "absmax", "absmean_per_channel", "absmax_per_channel"]
+        for dtype in DTYPES:
+            for x in [inputs(64 * 1024, dtype, dev).reshape(64, 1024),  # a block per row (max rules)
+                      inputs(3 * 4097, dtype, dev).reshape(3, 4097), inputs(N, dtype, dev).reshape(1, N)]:
+                for rule in rules:
+                    fwd_bwd(x, q8, noise="uniform", sigma=0.0, strategy="mode", eps=rule, backward_noise="identity")
+                    fwd_bwd(x, q3, noise="normal", sigma=0.5, strategy="expectation", eps=rule)
+                    fwd_bwd(x, q4, noise="logistic", sigma=0.5, strategy="random", eps=rule)
+                    blend_fwd_bwd(x, q3, 0.4, rule)
+
     # Most telling first (every kernel in every dtype, then the edges of the index arithmetic): a
     # sanitizer run cut short by its time budget still covers them.
     return [("ana, every dtype", every_dtype), ("ana, layouts", layouts), ("alpha_blend, every dtype", alpha_blending),
             ("ana, per-channel eps and device hyper-parameters", hyper_parameters),
+            ("ana, learned scales", learned_scales), ("ana and alpha_blend, dynamic scales", dynamic_scales),
             ("ana, long and arbitrary grids", grids), ("ana, float32, every noise x strategy", every_pair_float32)]
 
 

@@ -324,22 +324,36 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_rule_in_one_pass_or_two_is_the_same(rule):
-    """On the CPU a rule over rows (per token, per channel) quantises blocks of rows right after
-    reducing them (csrc/cpu/dynamic_eps.cpp) where x is row-major and its rows fit in cache, and
-    runs the reduction and the elementwise kernel apart otherwise: the same bits for a transposed
-    input, channels_last, rows longer than a block, and a single row."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_rule_in_one_pass_or_two_is_the_same(device, rule):
+    """A rule over rows (per token, per channel) runs in one pass where it can: on the CPU, blocks
+    of rows quantised right after they are reduced (csrc/cpu/dynamic_eps.cpp) where x is row-major
+    and its rows fit in cache; on CUDA, a block per row of at most 4,096 elements under a max rule
+    (csrc/cuda/dynamic_eps.cu). Elsewhere the reduction and the elementwise kernel run apart. The
+    same bits either way: a transposed input, channels_last, rows at and past 4,096 elements,
+    rows longer than a CPU block, a single row, NaN and inf rows, half types, the random strategy
+    outside training."""
     q = QUANTIZERS["int8"]
     g = torch.Generator().manual_seed(9)
+    nonfinite = torch.randn(6, 4096, generator=g)
+    nonfinite[1, 7], nonfinite[4, 4095] = float("nan"), float("-inf")
     for x in [torch.randn(33, 7, 40, generator=g).transpose(0, 2), torch.randn(3, 50, 2000, generator=g),
               torch.randn(4, 6, 5, 9, generator=g).to(memory_format=torch.channels_last),
-              torch.randn(1, 20000, generator=g), torch.randn(300, 64, generator=g).to(torch.bfloat16)]:
+              torch.randn(1, 20000, generator=g), torch.randn(300, 64, generator=g).to(torch.bfloat16),
+              nonfinite, torch.randn(5, 4097, generator=g), torch.randn(700, 1, generator=g),
+              torch.randn(64, 1000, generator=g).to(torch.float16)]:
+        x = x.to(device)
         if rule == "absmax_per_token" and x.dim() < 2:
             continue
         eps = _eps_op(x, q, rule)
-        for noise, sigma, strategy in [("uniform", 0.0, "mode"), ("normal", 0.3, "expectation")]:
-            a = F.ana(x, q, noise, 0.0, sigma, strategy, eps=rule)
-            b = F.ana(x, q, noise, 0.0, sigma, strategy, eps=eps)
+        for noise, sigma, strategy, training in [("uniform", 0.0, "mode", True), ("normal", 0.3, "expectation", True),
+                                                 ("logistic", 0.3, "random", False)]:
+            a = F.ana(x, q, noise, 0.0, sigma, strategy, eps=rule, training=training)
+            if eps.isfinite().all():
+                b = F.ana(x, q, noise, 0.0, sigma, strategy, eps=eps, training=training)
+            else:  # no such eps can be passed: the rule on a column-major copy (two passes)
+                b = F.ana(x.t().contiguous().t(), q, noise, 0.0, sigma, strategy, eps=rule, training=training)
+                assert a.isnan().any()
             assert_equal(a, b, msg=f"{tuple(x.shape)} {rule} {noise}")
 
 

@@ -1,9 +1,9 @@
 // The host entries of the dynamic scales (SPEC §9): _dynamic_eps, the scale alone, and ana and
 // alpha_blend at that scale, computed in the same call (the reduction's kernel, then the op's
 // elementwise kernel with the eps it wrote: x read twice, the output written once, nothing read
-// back to the host; on the CPU, ana's rows in one pass where they fit in cache). The scale takes
-// no gradient; _ana_dynamic_backward is _ana_backward at it.
-// Schemas: csrc/anacuda.cpp; fakes and autograd: anacuda/ops.py.
+// back to the host; ana's rows in one pass where they fit in cache (CPU) or in a block (CUDA)).
+// The scale takes no gradient; _ana_dynamic_backward is _ana_backward at it.
+// Schemas: csrc/anacuda.cpp; fakes: anacuda/ops.py; autograd: autograd.cpp.
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
@@ -104,8 +104,7 @@ std::tuple<at::Tensor, at::Tensor> ana_dynamic(const at::Tensor& x, const at::Te
   at::Tensor eps = empty_scale(x, s);
   at::Tensor y = order.empty(x, x.scalar_type());
   const at::Tensor xo = x.numel() > 0 ? order.contiguous(x) : x, yo = order.view(y);
-  const bool one_pass = x.numel() > 0 && x.is_cpu() && order.perm.empty() &&
-                        ana_dynamic_rows_cpu(call, s.call, xo, eps, yo);
+  const bool one_pass = x.numel() > 0 && order.perm.empty() && ana_dynamic_rows(call, s.call, xo, eps, yo);
   if (!one_pass) {
     if (s.call.rows.M > 0) dynamic_eps_kernel(s.call, order.perm.empty() ? xo : x.contiguous(), eps);  // empty rows too
     if (x.numel() > 0) {

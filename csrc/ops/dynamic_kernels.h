@@ -30,6 +30,20 @@ void dynamic_eps_cuda(const ScaleCall& c, const at::Tensor& x, const at::Tensor&
 // the two kernels. The same bits either way.
 bool ana_dynamic_rows_cpu(const AnaCall& call, const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps,
                           const at::Tensor& y);
+#if ANACUDA_WITH_CUDA
+// The same on CUDA: one kernel, a block per row, for rows of at most 4096 elements under a max rule
+// (cuda/dynamic_eps.cu); x is read once.
+bool ana_dynamic_rows_cuda(const AnaCall& call, const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps,
+                           const at::Tensor& y);
+#endif
+
+inline bool ana_dynamic_rows(const AnaCall& call, const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps,
+                             const at::Tensor& y) {
+#if ANACUDA_WITH_CUDA
+  if (x.is_cuda()) return ana_dynamic_rows_cuda(call, c, x, eps, y);
+#endif
+  return x.is_cpu() && ana_dynamic_rows_cpu(call, c, x, eps, y);
+}
 
 inline void dynamic_eps_kernel(const ScaleCall& c, const at::Tensor& x, const at::Tensor& eps) {
 #if ANACUDA_WITH_CUDA
