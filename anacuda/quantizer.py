@@ -207,8 +207,8 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True,
     device value is never read on the host, so it causes no synchronisation). `stored`: the
     value is kept for later calls (a layer's buffer), so a host tensor's values are checked
     now rather than at the first forward. `learnable`: the tensor may require a gradient (eps
-    only, SPEC §8); a learned host tensor's values are checked here (outside torch.compile,
-    where the op checks them), with a ValueError, as a number's are.
+    only, SPEC §8). The op checks a host tensor's values on every call, with a ValueError as
+    for a number.
     minimum: "any", "nonnegative", "positive" or "unit" (in [0, 1]).
     """
     # A number checked before: its tensor (the checks cost microseconds). Not while compiling:
@@ -228,11 +228,6 @@ def as_param(value: Param, name: str, minimum: str = "any", scalar: bool = True,
         if stored and value.device.type == "cpu":
             for v in value.detach().double().reshape(-1).unique().tolist():
                 _check_value(v, name, minimum)
-        elif value.requires_grad and value.device.type == "cpu" and not torch.compiler.is_compiling():
-            v = value.detach().double().reshape(-1)
-            bad = ~torch.isfinite(v) | ((v <= 0) if minimum == "positive" else torch.zeros_like(v, dtype=torch.bool))
-            if bool(bad.any()):
-                _check_value(float(v[bad][0]), name, minimum)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"anacuda: {name} must be a number or a tensor, got {type(value).__name__}")

@@ -2,7 +2,8 @@
 // produce: the call for the device kernels (ops/call.h). Nothing here reads device memory:
 // hyper-parameters on the host (Python numbers arrive as CPU tensors) are read and validated
 // here; hyper-parameters on the device are passed on for the kernel to read, which turns invalid
-// values into NaN (SPEC §7, docs/semantics.md: no synchronisation).
+// values into NaN (SPEC §7, docs/semantics.md: no synchronisation). A bad host value raises
+// ValueError (TORCH_CHECK_VALUE), as the same bad Python number does in anacuda.functional.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -99,12 +100,12 @@ inline ScalarArg scalar_arg(const at::Tensor& t, const at::Tensor& x, const char
     return s;
   }
   const double v = host_value(t);  // host memory: no synchronisation
-  TORCH_CHECK(std::isfinite(v), "anacuda: ", name, " must be finite, got ", v);
-  TORCH_CHECK(range == Range::Any || v >= 0, "anacuda: ", name,
-              range == Range::ZeroToOne ? " must be in [0, 1]" : " must be >= 0", ", got ", v);
-  TORCH_CHECK(range != Range::ZeroToOne || v <= 1, "anacuda: ", name, " must be in [0, 1], got ", v);
-  TORCH_CHECK(ct == at::kDouble || std::isfinite(static_cast<float>(v)), "anacuda: ", name, " = ", v, " overflows ", ct,
-              ", the compute type of this input");
+  TORCH_CHECK_VALUE(std::isfinite(v), "anacuda: ", name, " must be finite, got ", v);
+  TORCH_CHECK_VALUE(range == Range::Any || v >= 0, "anacuda: ", name,
+                    range == Range::ZeroToOne ? " must be in [0, 1]" : " must be >= 0", ", got ", v);
+  TORCH_CHECK_VALUE(range != Range::ZeroToOne || v <= 1, "anacuda: ", name, " must be in [0, 1], got ", v);
+  TORCH_CHECK_VALUE(ct == at::kDouble || std::isfinite(static_cast<float>(v)), "anacuda: ", name, " = ", v,
+                    " overflows ", ct, ", the compute type of this input");
   s.value = v;
   return s;
 }
@@ -157,9 +158,9 @@ inline EpsArg eps_arg(const at::Tensor& eps, const at::Tensor& x, const MemoryOr
   if (eps.numel() == 1) {
     if (eps.device().is_cpu() && check_values) {
       const double v = host_value(eps);
-      TORCH_CHECK(std::isfinite(v) && v > 0, "anacuda: eps must be finite and > 0, got ", v);
+      TORCH_CHECK_VALUE(std::isfinite(v) && v > 0, "anacuda: eps must be finite and > 0, got ", v);
       const bool fits = ct == at::kDouble || (std::isfinite(static_cast<float>(v)) && static_cast<float>(v) > 0);
-      TORCH_CHECK(fits, "anacuda: eps = ", v, " is out of the range of ", ct, ", the compute type of this input");
+      TORCH_CHECK_VALUE(fits, "anacuda: eps = ", v, " is out of the range of ", ct, ", the compute type of this input");
       e.value = v;
     } else {
       e.values = eps.to(ct).reshape({1});
@@ -170,7 +171,7 @@ inline EpsArg eps_arg(const at::Tensor& eps, const at::Tensor& x, const MemoryOr
               x.device(), ", got ", eps.device());
   const at::Tensor et = eps.to(ct);  // checked in the compute type
   if (et.device().is_cpu() && check_values)
-    TORCH_CHECK(all_valid_eps(et), "anacuda: every eps must be finite and > 0 (in ", ct, ", the compute type)");
+    TORCH_CHECK_VALUE(all_valid_eps(et), "anacuda: every eps must be finite and > 0 (in ", ct, ", the compute type)");
   // eps with x's dimensions, both in memory order.
   std::vector<int64_t> padded(xd - ed, 1);
   padded.insert(padded.end(), et.sizes().begin(), et.sizes().end());
