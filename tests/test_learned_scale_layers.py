@@ -50,12 +50,23 @@ def test_weight_scale_init_and_gradient_scale():
     torch.testing.assert_close(layer.eps.grad, e.grad, rtol=1e-6, atol=0)
 
 
-def test_floor_keeps_the_scale_positive():
-    layer = anacuda.nn.ANALinear(4, 3, quantizer=Q4, eps="learned")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_floor_keeps_the_scale_positive_and_learning(dtype):
+    """A step that crossed 0: the op gets the floor (in float16 the dtype's smallest normal number,
+    as 1e-8 rounds to 0 there), eval equals frozen, and the floor passes the gradient, so the
+    parameter is trained back up rather than stuck."""
+    torch.manual_seed(0)
+    layer = anacuda.nn.ANALinear(4, 3, quantizer=Q4, eps="learned").to(dtype)
     with torch.no_grad():
-        layer.eps[0] = -1.0  # a step that crossed 0
-    y = layer(torch.randn(2, 4))
-    assert torch.isfinite(y).all() and layer.weight_eps()[0].item() == torch.tensor(EPS_FLOOR).item()
+        layer.eps[0] = -1.0
+    x = torch.randn(2, 4, dtype=dtype)
+    y = layer(x)
+    floor = max(EPS_FLOOR, torch.finfo(dtype).tiny)
+    assert torch.isfinite(y).all() and layer.weight_eps()[0].item() == torch.tensor(floor, dtype=dtype).item()
+    y.sum().backward()
+    assert layer.eps.grad[0].abs().item() > 0
+    layer.eval()
+    assert_equal(anacuda.freeze(layer)(x), layer(x))
 
 
 def test_activation_scale_from_the_first_batch_and_state_dict():
@@ -72,6 +83,19 @@ def test_activation_scale_from_the_first_batch_and_state_dict():
     assert_equal(fresh.eps.detach(), first)
     with pytest.raises(TypeError, match="eps must be a number or a tensor, got str 'max_abs'"):
         anacuda.nn.ANAActivation(eps="max_abs")
+
+
+def test_activation_scale_initialised_in_eval_too_and_freeze_refuses_none():
+    """Eval before any training batch initialises from that batch (never eps = 1 by default);
+    freeze before any batch refuses, naming the layer, rather than bake in eps = 1."""
+    act = anacuda.nn.ANAActivation(Quantizer.uniform(3, signed=False), eps="learned").eval()
+    with pytest.raises(ValueError, match="learned activation scale of 1 was never initialised"):
+        anacuda.freeze(nn.Sequential(nn.Linear(10, 10), act))
+    x = torch.rand(16, 10) * 4
+    with torch.no_grad():
+        y = act(x)
+    assert act.eps.item() == pytest.approx(2 * x.mean().item() / math.sqrt(7), rel=1e-6)
+    assert_equal(anacuda.freeze(nn.Sequential(act))(x), y)
 
 
 def test_convert_train_freeze_state_dict():

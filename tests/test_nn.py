@@ -338,6 +338,50 @@ def test_ddp_matches_single_process(tmp_path):
     assert ddp_state["0.sigma"].item() == 0.0 and ddp_state["0.sigma"].item() == model[0].sigma.item()
 
 
+def _ddp_learned_worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = convert(small_cnn(), weight_quantizer=Quantizer.uniform(4),
+                    activation_quantizer=Quantizer.uniform(3, signed=False), weight_eps="learned",
+                    activation_eps="learned")
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(3, 8, 1, 8, 8, generator=g), torch.randint(10, (3, 8), generator=g)
+    X[:, 4:] *= 5  # the ranks' first batches differ in scale
+    for step in range(3):
+        opt.zero_grad()
+        xs, ys = X[step].chunk(world)[rank], Y[step].chunk(world)[rank]
+        nn.functional.cross_entropy(ddp(xs), ys).backward()
+        opt.step()
+    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ddp_learned_scales_stay_replicated(tmp_path):
+    """Learned activation scales are initialised from each rank's first batch after DDP's start-up
+    broadcast: the ranks' values are averaged then, so every replica trains the same scales."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_learned_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    eps = [k for k in a if k.endswith("eps")]
+    assert len(eps) == 7  # 4 weight layers, 3 activations
+    for k in a:
+        if "running" in k or "num_batches" in k:
+            continue  # DDP keeps each rank's BN statistics
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
+    assert all(a[k].ne(1).all() for k in eps)
+
+
 # --- a layer that passes no gradient says so (issue 12) ------------------------------------------
 def _anacuda_warnings(fn):
     import warnings

@@ -12,7 +12,7 @@ from .. import functional as F
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
 from ..scale import LEARNED
-from .learned_scale import effective_eps, lsq_init
+from .learned_scale import effective_eps, floor_of, lsq_init, replicas_mean
 
 
 def _buffer(value: Param) -> torch.Tensor:
@@ -122,8 +122,9 @@ class ANAActivation(NoiseHyperParams):
         self.eps_mode = None
         if isinstance(config.eps, str):
             # A learned eps (SPEC §8, anacuda/nn/learned_scale.py): one value, LSQ's initialisation
-            # from the first training batch (or init_scale(x); do it before torch.compile, whose
-            # guard on the pending flag would otherwise recompile once), LSQ's gradient scale.
+            # from the first batch, in training or eval, averaged over the ranks of a distributed
+            # run (or init_scale(x); do it before torch.compile, whose guard on the pending flag
+            # would otherwise recompile once), LSQ's gradient scale.
             if config.eps != LEARNED:
                 raise TypeError(f"anacuda: eps must be a number or a tensor, got str {config.eps!r} (the one rule of "
                                 f"an activation's eps is {LEARNED!r})")
@@ -135,10 +136,11 @@ class ANAActivation(NoiseHyperParams):
 
     @torch.no_grad()
     def init_scale(self, x: torch.Tensor):
-        """A learned eps: LSQ's initialisation 2 mean|x| / sqrt(q_K) from the batch x."""
+        """A learned eps: LSQ's initialisation 2 mean|x| / sqrt(q_K) from the batch x; under
+        torch.distributed, the mean over the ranks (a collective: call it on every rank)."""
         if self.eps_mode != LEARNED:
             raise ValueError("anacuda.nn: init_scale needs activation eps 'learned'")
-        self.eps.copy_(lsq_init(x, self.quantizer, per_channel=False))
+        self.eps.copy_(replicas_mean(lsq_init(x, self.quantizer, per_channel=False)))
         self.eps_pending = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -146,11 +148,17 @@ class ANAActivation(NoiseHyperParams):
             self.eps_pending = False  # a loaded scale is not re-initialised by the next batch
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def eval_eps(self) -> torch.Tensor:
+        """The eps of the eval forward, detached (for freeze): a learned one floored."""
+        if self.eps_mode != LEARNED:
+            return self.eps.detach()
+        return self.eps.detach().clamp(min=floor_of(self.eps.dtype))
+
     def activation_eps(self, x: torch.Tensor) -> torch.Tensor:
         """The eps this forward uses (for a learned one: floored, with LSQ's gradient scale)."""
         if self.eps_mode != LEARNED:
             return self.eps
-        if self.eps_pending and self.training:
+        if self.eps_pending:  # eval too: never eps = 1 by default
             self.init_scale(x)
         # N = every element of the batch, as the common LSQ code has it (the paper's N_F counts one
         # example's features: a gradient larger by sqrt(batch size)).

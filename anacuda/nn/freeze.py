@@ -17,6 +17,7 @@ from torch import nn
 from .. import distributed
 from ..export.packing import CODES_PER_BYTE, pack2, unpack2
 from ..quantizer import SCALE_FLOOR, compute_dtype, grid_reach
+from ..scale import LEARNED
 from .activation import ANAActivation
 from .attention import TernaryMultiheadAttention
 from .layers import AlphaBlendWeight, ANAWeight
@@ -50,7 +51,7 @@ class HardQuantizer(nn.Module):
         q = act.quantizer
         self.register_buffer("levels", q._levels.to(torch.float32))
         self.register_buffer("thresholds", q._thresholds.to(torch.float32))
-        self.register_buffer("eps", act.eps.detach().float().clone())
+        self.register_buffer("eps", act.eval_eps().float().clone())
         self.register_buffer("mu", act.mu.detach().float().clone())
 
     def forward(self, x):
@@ -261,6 +262,10 @@ def freeze(model: nn.Module) -> nn.Module:
     if not any(isinstance(m, (ANAWeight, AlphaBlendWeight, ANAActivation, DynamicScaleANA)) for m in model.modules()):
         raise ValueError("anacuda.freeze: the model has no anacuda layers to freeze (convert it with anacuda.convert "
                          "and train it first)")
+    for name, m in model.named_modules():
+        if isinstance(m, ANAActivation) and m.eps_mode == LEARNED and m.eps_pending:
+            raise ValueError(f"anacuda.freeze: the learned activation scale of {name or 'the model'} was never "
+                             "initialised (no batch has gone through it): run a batch, or call init_scale(x), first")
     # torch cannot deep-copy a module that FSDP2 shards: gather it (every rank calls freeze).
     model = (distributed.gathered_copy(model) if distributed.is_sharded(model) else copy.deepcopy(model)).eval()
     for m in list(model.modules()):

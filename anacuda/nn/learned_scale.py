@@ -2,12 +2,19 @@
 learned eps stays positive. The op takes the parameter as it is (anacuda.functional.ana with an
 eps that requires grad); what belongs to the layer that owns it is here.
 
-Positivity: a floor, eps_eff = max(eps, EPS_FLOOR), rather than learning log eps. Above the floor
+Positivity: a floor, eps_eff = max(eps, floor), rather than learning log eps. Above the floor
 (where a scale lives in practice: the step-size gradient is bounded by |q_0|, q_K per element and
-LSQ's gradient scale makes an update a small fraction of eps) the layer passes the parameter
+LSQ's gradient scale makes an update a small fraction of eps) the op gets the parameter's value
 itself, so its gradient is exactly LSQ's and eval equals the frozen model bit for bit; a log
 parametrisation would multiply every gradient by eps and change LSQ's dynamics. The floor only
-stops a step that would cross 0 from reaching the op (which rejects eps <= 0).
+stops a step that would cross 0 from reaching the op (which rejects eps <= 0); its gradient
+passes straight through, so a parameter pushed below the floor is still trained back up (a
+clamp's zero gradient there would leave it stuck). The floor is EPS_FLOOR, or the parameter
+dtype's smallest normal number where EPS_FLOOR would round to 0 (float16).
+
+Initialisation of an activation's scale from its first batch: under torch.distributed, every
+rank's first batch takes part (the ranks' values are averaged), so the replicas start from the
+same scale; DDP broadcasts parameters only when it wraps the model, before that batch.
 """
 
 from __future__ import annotations
@@ -36,23 +43,39 @@ def lsq_init(t: torch.Tensor, quantizer: Quantizer, per_channel: bool) -> torch.
     return (2 * m / math.sqrt(top_level(quantizer))).clamp(min=EPS_FLOOR)
 
 
-class _GradScale(torch.autograd.Function):
-    """The identity, with the gradient multiplied by `scale` (LSQ's 1 / sqrt(N q_K))."""
+def floor_of(dtype: torch.dtype) -> float:
+    """The floor of a learned eps of `dtype`: EPS_FLOOR, or the smallest normal number of dtype."""
+    return max(EPS_FLOOR, torch.finfo(dtype).tiny)
+
+
+class _LearnedEps(torch.autograd.Function):
+    """max(eps, floor) forward; backward the identity times `scale` (LSQ's 1 / sqrt(N q_K), or 1):
+    the gradient passes the floor, so a parameter below it still moves."""
 
     @staticmethod
-    def forward(ctx, t, scale: float):
+    def forward(ctx, eps, floor: float, scale: float):
         ctx.scale = scale
-        return t.view_as(t)
+        return eps.clamp(min=floor)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad * ctx.scale, None
+        return (grad * ctx.scale if ctx.scale != 1.0 else grad), None, None
 
 
 def effective_eps(eps: torch.Tensor, shared: int, quantizer: Quantizer, grad_scale: bool) -> torch.Tensor:
     """The eps the op gets from a learned parameter: floored, and with LSQ's gradient scale
     1 / sqrt(N q_K) (N = `shared`, the elements that share each value) when `grad_scale`."""
-    e = eps.clamp(min=EPS_FLOOR)
-    if grad_scale:
-        e = _GradScale.apply(e, 1.0 / math.sqrt(max(1, shared) * top_level(quantizer)))
-    return e
+    scale = 1.0 / math.sqrt(max(1, shared) * top_level(quantizer)) if grad_scale else 1.0
+    return _LearnedEps.apply(eps, floor_of(eps.dtype), scale)
+
+
+@torch.compiler.disable  # a collective: eager, also inside a compiled forward
+def replicas_mean(t: torch.Tensor) -> torch.Tensor:
+    """t averaged over the processes of torch.distributed's default group when one runs with more
+    than one process (a collective: every rank calls it), else t."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
