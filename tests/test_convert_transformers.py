@@ -274,8 +274,10 @@ def test_bad_arguments():
         anacuda.convert(m, recipe="bitnet158")
     with pytest.raises(TypeError, match="bitnet_ana"):
         anacuda.convert(m, recipe="bitnet", sigma=0.5)
-    with pytest.raises(TypeError, match="weight_eps"):
-        anacuda.convert(m, recipe="bitnet", weight_eps="absmean")
+    with pytest.raises(TypeError, match="activation_eps"):
+        anacuda.convert(m, recipe="bitnet", activation_eps="learned")
+    with pytest.raises(ValueError, match="weight_scale must be"):  # weight_eps is the layers' weight_scale
+        anacuda.convert(m, recipe="bitnet", weight_eps="max_abs")
     with pytest.raises(TypeError, match="recipe"):
         anacuda.convert(m, head=None)
     with pytest.raises(ValueError, match="head"):

@@ -140,3 +140,59 @@ def test_compile_no_recompilation_when_the_scales_change():
         step(x).backward()
         opt.step()  # new scales
     assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("weight_scale", ["learned", "learned_per_channel"])
+def test_ternary_linear_learns_its_weight_scale(weight_scale):
+    """TernaryLinear / BitLinear with a learned weight scale: LSQ's initialisation from the weight
+    the layer holds at its first forward (convert hands it the model's own), the op's eps gradient
+    times LSQ's gradient scale, freeze equal to eval, a loaded scale kept."""
+    per_channel = weight_scale == "learned_per_channel"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16), nn.Linear(16, 4))
+    qmodel = anacuda.convert(model, recipe="bitnet_ana", weight_eps=weight_scale, sigma=0.3)
+    layer = qmodel[0]
+    w = model[0].weight.detach()
+    assert torch.equal(layer.weight, w) and layer.weight_quant.eps_pending
+    x = torch.randn(2, 5, 16)
+    grad = torch.randn(2, 5, 32)
+    layer(x).backward(grad)
+    init = 2 * (w.abs().mean(1, keepdim=True) if per_channel else w.abs().mean())  # q_K = 1
+    assert_equal(layer.weight_quant.eps.detach(), init)
+    # the same step through the op: LSQ's gradient scale 1 / sqrt(N q_K), N the weights per eps
+    e = init.clone().requires_grad_()
+    a = layer.input_quant(x).detach()
+    wq = F.ana(w, Quantizer.ternary(), "uniform", 0.0, 0.3, "mode", eps=e)
+    nn.functional.linear(a, wq, layer.bias.detach()).backward(grad)
+    n = w.shape[1] if per_channel else w.numel()
+    torch.testing.assert_close(layer.weight_quant.eps.grad, e.grad / math.sqrt(n), rtol=1e-5, atol=0)
+    qmodel.eval()
+    assert_equal(anacuda.freeze(qmodel)(x), qmodel(x))
+    fresh = anacuda.convert(model, recipe="bitnet_ana", weight_eps=weight_scale, sigma=0.3)
+    with torch.no_grad():
+        qmodel[0].weight_quant.eps.mul_(1.5)
+    fresh.load_state_dict(qmodel.state_dict())
+    fresh(x)
+    assert_equal(fresh[0].weight_quant.eps.detach(), 1.5 * init)
+    bit = anacuda.nn.BitLinear(16, 8, weight_scale=weight_scale)
+    bit(x).sum().backward()
+    assert bit.weight_quant.eps.grad.abs().sum() > 0
+
+
+def test_learned_scale_of_attention_starts_from_its_own_weight():
+    """MultiheadAttention's in-projection weight is the model's, set after the quantiser was
+    built: the learned scale is initialised from it at the first forward, not from a placeholder."""
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    q = anacuda.convert(enc, recipe="bitnet", weight_eps="learned", head=None)
+    q(torch.randn(2, 5, 16))
+    w = enc.self_attn.in_proj_weight.detach()
+    assert_equal(q.self_attn.in_proj_quant.weight_quant.eps.detach(), 2 * w.abs().mean())
+
+
+def test_learned_weight_scale_bad_input():
+    with pytest.raises(ValueError, match="weight_scale must be .* 'learned' or 'learned_per_channel', got 'learn'"):
+        anacuda.nn.TernaryLinear(4, 4, weight_scale="learn")
+    with pytest.raises(TypeError, match="weight_eps and linear_options\\['weight_scale'\\] are the same option"):
+        anacuda.convert(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), recipe="bitnet", weight_eps="learned",
+                        linear_options=dict(weight_scale="absmean"))

@@ -86,7 +86,8 @@ def convert(
     per-token absmax inputs, hard forward, unclipped STE. ``recipe="bitnet_ana"``: TernaryLinear,
     the same quantisers trained with ANA; `noise`, `strategy`, `mu`, `sigma` and `backward_noise`
     configure it (TernaryLinear's defaults otherwise). `linear_options`: further keyword
-    arguments of the layer (``weight_scale``, ``activation_bits``, ``activation_sigma``, ...;
+    arguments of the layer (``weight_scale``, also given as `weight_eps`, e.g. "learned" or
+    "learned_per_channel" for LSQ's learned scale; ``activation_bits``, ``activation_sigma``, ...;
     ``norm=True`` adds BitNet's RMSNorm in front of each layer, off by default as it changes the
     function the weights were trained for). Weights and biases are the model's own Parameter
     objects (Conv1D's: a transposed copy), so tied weights stay tied. Activation functions (GELU,
@@ -199,6 +200,8 @@ def _warn_cnn(model: nn.Module, rep: ConversionReport, weights, activations) -> 
 
 
 def _convert_transformer(model, recipe, shared, skip, head, linear_options, inplace, report, cnn_args):
+    # weight_eps reads as the ternary layers' weight_scale (e.g. "learned", "absmean_per_channel").
+    weight_scale = cnn_args.pop("weight_eps", None)
     given = sorted(k for k, v in cnn_args.items() if v is not None and v is not False)
     if given:
         raise TypeError(f"anacuda.convert: {given} are for the default recipe (CNNs), not recipe={recipe!r}; "
@@ -207,6 +210,11 @@ def _convert_transformer(model, recipe, shared, skip, head, linear_options, inpl
     if linear_options is not None and not isinstance(linear_options, dict):
         raise TypeError(f"anacuda.convert: linear_options must be a dict, got {type(linear_options).__name__}")
     options = dict(linear_options or {})
+    if weight_scale is not None:
+        if "weight_scale" in options:
+            raise TypeError("anacuda.convert: weight_eps and linear_options['weight_scale'] are the same option; "
+                            "give one")
+        options["weight_scale"] = weight_scale
     noise_args = {k: v for k, v in shared.items() if v is not None}
     if noise_args and recipe == "bitnet":
         raise TypeError(f"anacuda.convert: recipe='bitnet' is BitNet's fixed recipe (sigma = 0, unclipped STE); "

@@ -96,10 +96,11 @@ class HardTokenQuantizer(nn.Module):
 
 def _dynamic_weight(weight: torch.Tensor, quant: DynamicScaleANA):
     """(eps, levels, the eval-mode quantised weight) of a weight quantised by a DynamicScaleANA:
-    eps computed once from the trained weight by the op that quantises it in eval mode."""
+    eps that of the eval forward on the trained weight (a rule's computed once by the op, or the
+    learned one floored)."""
     with torch.no_grad():
         w = weight.detach()
-        eps = torch.ops.anacuda._dynamic_eps(w, quant.rule, grid_reach(quant.quantizer), SCALE_FLOOR)
+        eps = quant.eval_scale(w)
         levels = quant.quantizer._levels.to(device=w.device, dtype=compute_dtype(w.dtype))
         return eps.to(levels.dtype), levels, quant.eval()(w)
 

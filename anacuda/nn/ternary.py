@@ -2,11 +2,11 @@
 with ANA.
 
 TernaryLinear: ternary weights with a dynamic absmean scale (one per tensor by default, one per
-output channel as an option), 8-bit activations with a dynamic absmax scale per token on its
-input, and an optional RMSNorm in front (BitNet's SubLN). Both quantisers are DynamicScaleANA
-modules: ANA with any noise and strategy (SPEC §4, §5), μ and σ kept as buffers that a
-NoiseController anneals, and the scale computed by the op from the input in the same call
-(``anacuda.functional.ana(x, ..., eps=rule)``, SPEC §9).
+output channel as an option) or a learned one (LearnedScaleANA, SPEC §8), 8-bit activations
+with a dynamic absmax scale per token on its input, and an optional RMSNorm in front (BitNet's
+SubLN). Both quantisers are DynamicScaleANA modules: ANA with any noise and strategy (SPEC §4,
+§5), μ and σ kept as buffers that a NoiseController anneals, and the scale computed by the op
+from the input in the same call (``anacuda.functional.ana(x, ..., eps=rule)``, SPEC §9).
 BitLinear: BitNet b1.58's recipe — the hard forward (σ = 0) with the unclipped STE (the op's
 ``backward_noise="identity"``, SPEC §5).
 """
@@ -21,12 +21,15 @@ from torch import nn
 
 from .. import functional as F
 from ..config import ANAConfig
-from ..quantizer import IDENTITY, Param, Quantizer, grid_reach
+from ..quantizer import IDENTITY, SCALE_FLOOR, Param, Quantizer, grid_reach
 from ..quantizer import SCALE_RULES as _RULES
 from .activation import NoiseHyperParams
+from .learned_scale import effective_eps, floor_of, lsq_init
 
 #: The rules of SPEC §9 (channel = dim 0): eps = max(r(|x|), SCALE_FLOOR) / c; anacuda.quantizer's.
 SCALE_RULES = tuple(_RULES)
+#: A weight's learned scale (SPEC §8), one per tensor or per output channel: LearnedScaleANA.
+LEARNED_SCALES = ("learned", "learned_per_channel")
 
 
 def _check_rule(rule) -> str:
@@ -75,6 +78,15 @@ class DynamicScaleANA(NoiseHyperParams):
     def _needed_dims(self) -> int:
         return 2 if self.rule == "absmax_per_token" else (1 if self.rule.endswith("_per_channel") else 0)
 
+    def scale(self, x: torch.Tensor):
+        """The eps of this forward: the rule, computed by the op from x."""
+        return self.rule
+
+    @torch.no_grad()
+    def eval_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The eps of the eval forward on x, as a tensor (for freeze)."""
+        return torch.ops.anacuda._dynamic_eps(x.detach(), self.rule, grid_reach(self.quantizer), SCALE_FLOOR)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"anacuda.DynamicScaleANA: x must be a tensor, got {type(x).__name__}")
@@ -85,7 +97,7 @@ class DynamicScaleANA(NoiseHyperParams):
                              f"{x.dim()}-d input of shape {tuple(x.shape)}")
         if not self.blend:
             self._warn_if_no_gradient(x.requires_grad, "what comes before it gets no gradient through it")
-        q = F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.rule,
+        q = F.ana(x, self.quantizer, self.noise, self.mu, self.sigma, self.strategy, self.training, self.scale(x),
                   IDENTITY if self.identity_backward else self._backward_noise())
         if self.blend and self.training:
             return x + self.alpha.to(x.dtype) * (q - x)
@@ -95,6 +107,48 @@ class DynamicScaleANA(NoiseHyperParams):
         s = f"rule={self.rule}, {self._noise_repr()}"
         s += ", backward_noise=identity" if self.identity_backward else ""
         return s + (f", blend alpha={self.alpha.item():.4g}" if self.blend else "")
+
+
+class LearnedScaleANA(DynamicScaleANA):
+    """DynamicScaleANA with a learned eps (SPEC §8) for a weight: an nn.Parameter of one value
+    (``per_channel=False``) or one per output channel (dim 0, shape (C, 1, ...) for a weight of
+    `shape`), initialised as LSQ does, 2 mean|w| / sqrt(q_K), from the first weight it quantises
+    (or ``init_scale(w)``; a loaded state_dict is not re-initialised), trained with LSQ's gradient
+    scale 1 / sqrt(N q_K) (``eps_grad_scale``) and kept positive by a floor that passes the
+    gradient (anacuda/nn/learned_scale.py). The first weight is the layer's own, the same on every
+    rank, whichever Parameter the layer holds by then (convert hands the model's own to it)."""
+
+    def __init__(self, shape, per_channel: bool = False, quantizer: Optional[Quantizer] = None, noise: str = "uniform",
+                 strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None, blend: bool = False):
+        super().__init__("absmean_per_channel" if per_channel else "absmean", quantizer, noise, strategy, mu, sigma,
+                         backward_noise, blend)
+        self.rule = LEARNED_SCALES[1] if per_channel else LEARNED_SCALES[0]
+        shape = tuple(shape)
+        self.eps = nn.Parameter(torch.ones((shape[0],) + (1,) * (len(shape) - 1) if per_channel else ()))
+        self.eps_grad_scale, self.eps_pending = True, True
+
+    @torch.no_grad()
+    def init_scale(self, w: torch.Tensor) -> None:
+        """LSQ's initialisation from the weight w."""
+        self.eps.copy_(lsq_init(w, self.quantizer, per_channel=self.eps.dim() > 0))
+        self.eps_pending = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "eps" in state_dict:
+            self.eps_pending = False  # a loaded scale is not re-initialised by the next forward
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        if self.eps_pending:
+            self.init_scale(w)
+        shared = w.numel() // max(1, self.eps.numel())
+        return effective_eps(self.eps, shared, self.quantizer, self.eps_grad_scale)
+
+    @torch.no_grad()
+    def eval_scale(self, w: torch.Tensor) -> torch.Tensor:
+        if self.eps_pending:
+            self.init_scale(w)
+        return self.eps.detach().clamp(min=floor_of(self.eps.dtype))
 
 
 def _check_features(n, name: str) -> int:
@@ -117,7 +171,8 @@ class TernaryLinear(nn.Linear):
       eps = max|x| / 127 per token (the last dimension); ``activation_bits=None``: no A;
     - W = ``self.weight_quant``: DynamicScaleANA on the ternary grid {−1, 0, 1} with
       `weight_scale` "absmean" (eps = mean|W|, BitNet's), "absmean_per_channel" (per output
-      channel), "absmax" or "absmax_per_channel".
+      channel), "absmax" or "absmax_per_channel"; or a LearnedScaleANA with "learned" (one
+      learned eps, LSQ's) or "learned_per_channel" (one per output channel).
 
     noise, strategy, mu, sigma, backward_noise configure both quantisers (as anacuda.functional.ana;
     backward_noise may also be "identity", the unclipped STE); the ``activation_*`` arguments
@@ -145,9 +200,9 @@ class TernaryLinear(nn.Linear):
                  activation_backward_noise=None, norm: bool = False, blend: bool = False):
         _check_features(in_features, "in_features")
         _check_features(out_features, "out_features")
-        if weight_scale not in SCALE_RULES or weight_scale == "absmax_per_token":
-            raise ValueError("anacuda.TernaryLinear: weight_scale must be 'absmean', 'absmean_per_channel', 'absmax' "
-                             f"or 'absmax_per_channel', got {weight_scale!r}")
+        if (weight_scale not in SCALE_RULES and weight_scale not in LEARNED_SCALES) or weight_scale == "absmax_per_token":
+            raise ValueError("anacuda.TernaryLinear: weight_scale must be 'absmean', 'absmean_per_channel', 'absmax', "
+                             f"'absmax_per_channel', 'learned' or 'learned_per_channel', got {weight_scale!r}")
         if activation_bits is not None and (isinstance(activation_bits, bool) or
                                             not isinstance(activation_bits, numbers.Integral) or
                                             not 2 <= activation_bits <= 16):
@@ -161,8 +216,12 @@ class TernaryLinear(nn.Linear):
             "absmax_per_token", Quantizer.uniform(int(activation_bits), signed=True), _or(activation_noise, noise),
             _or(activation_strategy, strategy), _or(activation_mu, mu), _or(activation_sigma, sigma),
             _or(activation_backward_noise, backward_noise), blend)
-        self.weight_quant = DynamicScaleANA(weight_scale, Quantizer.ternary(), noise, strategy, mu, sigma,
-                                            backward_noise, blend)
+        if weight_scale in LEARNED_SCALES:
+            self.weight_quant = LearnedScaleANA(self.weight.shape, weight_scale == LEARNED_SCALES[1],
+                                                Quantizer.ternary(), noise, strategy, mu, sigma, backward_noise, blend)
+        else:
+            self.weight_quant = DynamicScaleANA(weight_scale, Quantizer.ternary(), noise, strategy, mu, sigma,
+                                                backward_noise, blend)
         if device is not None:
             self.to(device)  # the quantisers' buffers
 
