@@ -22,7 +22,8 @@ Stages and budgets in seconds (STAGES below):
     memcheck         35  compute-sanitizer --tool memcheck over benchmarks/sanitizer_workload.py
     racecheck        30  the same with racecheck
     initcheck        30  the same with initcheck
-    bench            30  2^24 elements: anacuda, fake_quantize and the copy limit (the slow reference rows left out)
+    bench            30  2^24 elements: anacuda, its eager peers (fake_quantize, the learnable fake-quantisers,
+                         BitNet's quantiser) and the copy limit (the slow reference and compiled rows left out)
                     ---
                     470  (8 minutes = 480 s; the rest is left for start-up and killing)
 
@@ -84,7 +85,7 @@ STAGES = [
     Stage("memcheck", 35, f"compute-sanitizer --tool memcheck over {WORKLOAD}"),
     Stage("racecheck", 30, f"compute-sanitizer --tool racecheck over {WORKLOAD}"),
     Stage("initcheck", 30, f"compute-sanitizer --tool initcheck over {WORKLOAD}"),
-    Stage("bench", 30, "2^24 elements: anacuda, fake_quantize and the copy limit"),
+    Stage("bench", 30, "2^24 elements: anacuda, its eager peers and the copy limit"),
 ]
 SELFTEST = Stage("selftest-timeout", 2, "dry run only: a stage that outlives its budget", needs_extension=False)
 TOTAL_BUDGET = sum(s.budget for s in STAGES)
@@ -676,7 +677,8 @@ def child_bench(args) -> int:
     workloads.compiled = lambda fn: None
     rows, errors = [], []
     for w in workloads.workloads(args.numel):
-        impls = {k: f for k, f in w.impls.items() if k in ("anacuda", "fake_quantize")}
+        # the eager peers of each target (the learnable fake-quantisers of W6, BitNet's W7)
+        impls = {k: f for k, f in w.impls.items() if k in ("anacuda", "fake_quantize", "pytorch_learnable", "bitnet")}
         # One failure must not hide the other figures: without fake_quantize, then without the workload.
         for keep in ([impls, {"anacuda": impls["anacuda"]}] if len(impls) > 1 else [impls]):
             try:

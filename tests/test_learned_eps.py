@@ -1,13 +1,14 @@
 """A learned eps (SPEC §8): the fused backward (_ana_backward_eps, _alpha_blend_backward_eps)
-against anacuda.reference on both CPU paths, gradcheck, opcheck, compile, determinism, NaN/inf
-and bad input; the ste.lsq preset against PyTorch's own learnable fake-quantisation ops."""
+against anacuda.reference on both CPU paths and on CUDA (the kernels run on the device, the
+reference and the checks on the host), gradcheck, opcheck, compile, determinism, NaN/inf and bad
+input; the ste.lsq preset against PyTorch's own learnable fake-quantisation ops."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import DTYPES, HALF, F, Q, R, assert_equal, compute_dtype, mode_safe
+from conftest import CUDA, DEVICES, DTYPES, HALF, F, Q, R, assert_equal, compute_dtype, mode_safe
 from test_scales_reference import _lsq_inputs
 
 from anacuda import ste
@@ -44,12 +45,13 @@ def _levels_of(y, eps, q):
     return lv[(u.unsqueeze(-1) - lv).abs().argmin(-1)]
 
 
-def _grads(fn, x, eps, grad, **kw):
-    xa = x.detach().clone().requires_grad_()
-    ea = eps.detach().clone().requires_grad_()
+def _grads(fn, x, eps, grad, device="cpu", **kw):
+    """fn's output and gradients on `device` (x, eps and grad copied there), returned on the host."""
+    xa = x.detach().clone().to(device).requires_grad_()
+    ea = eps.detach().clone().to(device).requires_grad_()
     y = fn(xa, eps=ea, **kw)
-    y.backward(grad)
-    return y.detach(), xa.grad, ea.grad
+    y.backward(grad.to(device))
+    return y.detach().cpu(), xa.grad.cpu(), ea.grad.cpu()
 
 
 def _check_eps_grad(actual, terms, eps_shape, dtype, msg):
@@ -101,7 +103,8 @@ def _backward_noise(noise):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("strategy", ["expectation", "mode", "random"])
 @pytest.mark.parametrize("noise", ["uniform", "triangular", "normal", "logistic"])
-def test_against_reference(noise, strategy, dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_against_reference(device, noise, strategy, dtype):
     q = Q.uniform(4)
     sigma, mu = 0.3, 0.05
     for config, (training, back) in CONFIGS.items():
@@ -116,7 +119,7 @@ def test_against_reference(noise, strategy, dtype):
                 grad = torch.where(mode_safe(x, q, noise, mu, sigma, eps), grad, torch.zeros_like(grad))
             kw = dict(quantizer=q, noise=noise, mu=mu, sigma=sigma, strategy=strategy, training=training,
                       backward_noise=backward_noise)
-            y, gx, ge = _grads(F.ana, x, eps, grad, **kw)
+            y, gx, ge = _grads(F.ana, x, eps, grad, device, **kw)
             yr, gxr, ger = _grads(R.ana, x, eps, grad, **kw)
             assert gx.dtype == dtype and ge.dtype == eps.dtype, msg
             # grad_x: the backward of SPEC §5, as ana's own backward computes it
@@ -142,13 +145,14 @@ def test_against_reference(noise, strategy, dtype):
     ((70, 3, 40), (70, 1, 1), torch.contiguous_format),        # 70 channels of 120
 ])
 @pytest.mark.parametrize("strategy", ["expectation", "random"])
-def test_layouts_and_sizes(shape, eps_shape, memory_format, strategy):
+@pytest.mark.parametrize("device", DEVICES)
+def test_layouts_and_sizes(device, shape, eps_shape, memory_format, strategy):
     q = Q.uniform(3)
     eps = _eps(eps_shape, torch.float32)
     x = _x(q, eps.expand(shape) if eps_shape else eps, shape=shape).contiguous(memory_format=memory_format)
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(3))
     kw = dict(quantizer=q, noise="logistic", sigma=0.4, strategy=strategy)
-    y, gx, ge = _grads(F.ana, x, eps, grad, **kw)
+    y, gx, ge = _grads(F.ana, x, eps, grad, device, **kw)
     assert gx.is_contiguous(memory_format=memory_format)
     if strategy == "random":
         level = _levels_of(y, eps, q)
@@ -159,7 +163,8 @@ def test_layouts_and_sizes(shape, eps_shape, memory_format, strategy):
 
 
 @pytest.mark.parametrize("qname", ["binary", "ternary", "uniform8", "arbitrary", "arbitrary64"])
-def test_quantizers(qname):
+@pytest.mark.parametrize("device", DEVICES)
+def test_quantizers(device, qname):
     from conftest import QUANTIZERS
 
     q = QUANTIZERS[qname]
@@ -167,7 +172,7 @@ def test_quantizers(qname):
     x = _x(q, eps, shape=(4, 300), dtype=torch.float64)
     grad = torch.randn(4, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     kw = dict(quantizer=q, noise="normal", sigma=0.3, strategy="expectation", backward_noise=("uniform", 0.0, 0.5))
-    _, gx, ge = _grads(F.ana, x, eps, grad, **kw)
+    _, gx, ge = _grads(F.ana, x, eps, grad, device, **kw)
     _, gxr, ger = _grads(R.ana, x, eps, grad, **kw)
     torch.testing.assert_close(gx, gxr, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ge, ger, rtol=1e-10, atol=1e-10 * float(grad.abs().sum()))
@@ -248,30 +253,49 @@ def test_deterministic_whatever_the_thread_count(eps_shape, strategy):
             assert_equal(a, b)
 
 
-def test_infinities_and_nan():
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs the CUDA kernels and a GPU")
+@pytest.mark.parametrize("eps_shape", [(), (16, 1)], ids=str)
+def test_deterministic_on_cuda(eps_shape):
+    """Block partials and a second pass, no atomics: the same eps gradient on every call."""
+    q = Q.uniform(4)
+    eps = _eps(eps_shape, torch.float32)
+    x = _x(q, eps, shape=(16, 200000))
+    grad = torch.randn(16, 200000, generator=torch.Generator().manual_seed(6))
+    results = [_grads(F.ana, x, eps, grad, "cuda", quantizer=q, noise="normal", sigma=0.3, strategy="expectation")
+               for _ in range(3)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert_equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_infinities_and_nan(device):
     q = Q.ternary()
-    x = torch.tensor([[float("inf"), 0.2], [-float("inf"), 0.2], [float("nan"), 0.2]])
-    eps = torch.full((3, 1), 0.5, requires_grad=True)
+    x = torch.tensor([[float("inf"), 0.2], [-float("inf"), 0.2], [float("nan"), 0.2]], device=device)
+    eps = torch.full((3, 1), 0.5, requires_grad=True, device=device)
     xa = x.clone().requires_grad_()
-    F.ana(xa, q, "uniform", 0.0, 0.5, "mode", eps=eps).backward(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    F.ana(xa, q, "uniform", 0.0, 0.5, "mode", eps=eps).backward(
+        torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], device=device))
     assert eps.grad[0].item() == 1.0 and eps.grad[1].item() == -1.0  # q_K at +inf, q_0 at -inf: never inf * 0
     assert torch.isnan(eps.grad[2]).item()  # a NaN input: NaN for the eps it shares
     assert xa.grad[0, 0].item() == 0.0 and torch.isnan(xa.grad[2, 0]).item()
     # one value for all: NaN
-    e = torch.tensor(0.5, requires_grad=True)
+    e = torch.tensor(0.5, requires_grad=True, device=device)
     F.ana(x, q, eps=e).sum().backward()
     assert torch.isnan(e.grad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", list(EPS_SHAPES))
-def test_alpha_blend(dtype, kind):
+@pytest.mark.parametrize("device", DEVICES)
+def test_alpha_blend(device, dtype, kind):
     q = Q.uniform(3)
     eps = _eps(EPS_SHAPES[kind], _eps_dtype(dtype))
     w = _x(q, eps, dtype=dtype)
     grad = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype)
     for alpha in (0.0, 0.3, 1.0):
-        _, gw, ge = _grads(lambda ww, eps: F.alpha_blend(ww, q, alpha, eps), w, eps, grad)
+        _, gw, ge = _grads(lambda ww, eps: F.alpha_blend(ww, q, alpha, eps), w, eps, grad, device)
         _, gwr, ger = _grads(lambda ww, eps: R.alpha_blend(ww, q, alpha, eps), w, eps, grad)
         assert_equal(gw, gwr)
         ct = compute_dtype(dtype)

@@ -34,6 +34,20 @@ def test_uniform_backward_saves_one_byte_per_element(device, q):
     assert x.numel() * 4 <= full < x.numel() * 4 + 1024  # no more than its input
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("eps_shape", [(), (64, 1)], ids=["per_tensor", "per_channel"])
+def test_learned_eps_saves_the_input_never_a_k_wide_temporary(device, eps_shape):
+    """A learned eps needs u in the backward (SPEC §8): the input is saved, once, and nothing of
+    the grid's width; a fixed eps keeps the 1-byte code."""
+    q = Quantizer.uniform(4)
+    x = torch.randn(64, 1024, device=device, requires_grad=True)
+    eps = torch.full(eps_shape, 0.3, device=device, requires_grad=True)
+    learned = saved_bytes(lambda t: F.ana(t, q, "uniform", 0.0, 0.5, "mode", eps=eps), x)
+    assert x.numel() * 4 <= learned < x.numel() * 4 + 4096
+    fixed = saved_bytes(lambda t: F.ana(t, q, "uniform", 0.0, 0.5, "mode", eps=eps.detach()), x)
+    assert x.numel() <= fixed < x.numel() + 4096
+
+
 def test_eight_bit_saves_the_input():
     x = torch.randn(1 << 14, requires_grad=True)
     b = saved_bytes(lambda t: F.ana(t, Quantizer.uniform(8), "uniform", 0.0, 0.5, "mode"), x)
