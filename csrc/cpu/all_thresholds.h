@@ -146,6 +146,9 @@ void arithmetic_hard_forward(const ArithmeticGrid<T>& s, const scalar_t* x, scal
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], v[kBlock];
     for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
+      if constexpr (std::is_same_v<decltype(e), OneEps<T>>) {
+        if (s.exact) return exact_hard_block(s, x + i, y + i, m, e.e, mu);
+      }
       shifted(x + i, m, e, mu, a);
       arithmetic_levels(s, a, m, v);
       scalar_t* out = y + i;  // a local, not the capture: the loop vectorises

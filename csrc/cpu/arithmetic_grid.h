@@ -71,5 +71,27 @@ template <typename T> inline void arithmetic_levels(const ArithmeticGrid<T>& s, 
   }
 }
 
+// y[j] = e * Q(x[j] / e - mu) (NaN kept) for an exact grid and one e, in one pass: shifted's
+// quotient (a power-of-two e multiplies by its exact reciprocal), arithmetic_levels' exact
+// branch and the output, the same operations in registers rather than three loops through
+// block arrays, so the same bits.
+template <typename scalar_t, typename T>
+inline void exact_hard_block(const ArithmeticGrid<T>& s, const scalar_t* x, scalar_t* y, int64_t n, T e, T mu) {
+  const T theta0 = s.theta0, step = s.step, inv_step = s.inv_step, last = s.last, q0 = s.q0, dq = s.dq;
+  auto level_of = [=](T a) {
+    T i = std::floor((a - theta0) * inv_step);
+    i = a < theta0 + i * step ? i - T(1) : i;
+    i = std::min(std::max(i, T(-1)), last);
+    return a != a ? a : e * (q0 + (i + T(1)) * dq);
+  };
+  int exponent = 0;
+  if (std::frexp(e, &exponent) == T(0.5) && std::isfinite(T(1) / e)) {
+    const T r = T(1) / e;
+    for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(level_of(static_cast<T>(x[j]) * r - mu));
+  } else {
+    for (int64_t j = 0; j < n; ++j) y[j] = static_cast<scalar_t>(level_of(static_cast<T>(x[j]) / e - mu));
+  }
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace anacuda
