@@ -12,14 +12,16 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE)]
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import anacuda  # noqa: E402
+from timing import machine  # noqa: E402
 
 
 def saved_bytes_and_peak(model, x, y):
@@ -69,7 +71,8 @@ def main(argv=None):
         saved, peak = saved_bytes_and_peak(m, x, y)
         rows.append(dict(model=name, saved_mib=saved / 2**20, peak_mib=None if peak is None else peak / 2**20))
     base = rows[0]
-    lines = [f"ResNet-18 training step, batch {args.batch}, {args.size}x{args.size}, {args.device}",
+    lines = [f"ResNet-18 training step, batch {args.batch}, {args.size}x{args.size}, {args.device}; "
+             f"machine: {machine(args.device)}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}",
              "", "| model | saved for backward (MiB) | vs float | peak step memory (MiB) | vs float |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -82,7 +85,8 @@ def main(argv=None):
     with open(os.path.join(args.out, f"memory-{args.device}.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, f"memory-{args.device}.json"), "w") as f:
-        json.dump(dict(device=args.device, batch=args.batch, size=args.size, rows=rows), f, indent=1)
+        json.dump(dict(device=args.device, machine=machine(args.device), torch=torch.__version__,
+                       date=time.strftime("%Y-%m-%d %H:%M"), batch=args.batch, size=args.size, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
