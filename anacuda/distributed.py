@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import weakref
 
 import torch
 
@@ -103,6 +104,25 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
     return any(isinstance(m, FSDPModule) for m in model.modules()) or any(
         is_dtensor(t) for t in (*model.parameters(), *model.buffers()))
+
+
+def fsdp_manages(module: torch.nn.Module, name: str) -> bool:
+    """Whether FSDP2's fully_shard manages the parameter `name` of `module` (read from FSDP2's
+    module states; False where this torch keeps them elsewhere)."""
+    if not AVAILABLE:
+        return False
+    try:
+        from torch.distributed._composable_state import _module_state_mapping
+    except ImportError:
+        return False
+    for state in list(_module_state_mapping.values()):
+        state = state() if isinstance(state, weakref.ref) else state
+        group = getattr(state, "_fsdp_param_group", None) if type(state).__name__ == "FSDPState" else None
+        for p in getattr(group, "fsdp_params", None) or ():
+            info = getattr(p, "_module_info", None)
+            if info is not None and info.module is module and info.param_name == name:
+                return True
+    return False
 
 
 def _from_torch_distributed(hook) -> bool:

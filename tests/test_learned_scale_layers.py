@@ -145,20 +145,20 @@ def test_compile_no_recompilation_when_the_scales_change():
 @pytest.mark.parametrize("weight_scale", ["learned", "learned_per_channel"])
 def test_ternary_linear_learns_its_weight_scale(weight_scale):
     """TernaryLinear / BitLinear with a learned weight scale: LSQ's initialisation from the weight
-    the layer holds at its first forward (convert hands it the model's own), the op's eps gradient
-    times LSQ's gradient scale, freeze equal to eval, a loaded scale kept."""
+    the model (convert initialises it once it has handed the layer the model's own), the op's eps
+    gradient times LSQ's gradient scale, freeze equal to eval, a loaded scale kept."""
     per_channel = weight_scale == "learned_per_channel"
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16), nn.Linear(16, 4))
     qmodel = anacuda.convert(model, recipe="bitnet_ana", weight_eps=weight_scale, sigma=0.3)
     layer = qmodel[0]
     w = model[0].weight.detach()
-    assert torch.equal(layer.weight, w) and layer.weight_quant.eps_pending
+    init = 2 * (w.abs().mean(1, keepdim=True) if per_channel else w.abs().mean().reshape(1))  # q_K = 1
+    assert torch.equal(layer.weight, w)
+    assert_equal(layer.weight_quant.eps.detach(), init)  # before any forward (FSDP2 keeps no forward's writes)
     x = torch.randn(2, 5, 16)
     grad = torch.randn(2, 5, 32)
     layer(x).backward(grad)
-    init = 2 * (w.abs().mean(1, keepdim=True) if per_channel else w.abs().mean())  # q_K = 1
-    assert_equal(layer.weight_quant.eps.detach(), init)
     # the same step through the op: LSQ's gradient scale 1 / sqrt(N q_K), N the weights per eps
     e = init.clone().requires_grad_()
     a = layer.input_quant(x).detach()
@@ -172,7 +172,6 @@ def test_ternary_linear_learns_its_weight_scale(weight_scale):
     with torch.no_grad():
         qmodel[0].weight_quant.eps.mul_(1.5)
     fresh.load_state_dict(qmodel.state_dict())
-    fresh(x)
     assert_equal(fresh[0].weight_quant.eps.detach(), 1.5 * init)
     bit = anacuda.nn.BitLinear(16, 8, weight_scale=weight_scale)
     bit(x).sum().backward()
@@ -180,14 +179,18 @@ def test_ternary_linear_learns_its_weight_scale(weight_scale):
 
 
 def test_learned_scale_of_attention_starts_from_its_own_weight():
-    """MultiheadAttention's in-projection weight is the model's, set after the quantiser was
-    built: the learned scale is initialised from it at the first forward, not from a placeholder."""
+    """MultiheadAttention's weights are the model's (or its own), set after the projections'
+    quantisers were built from placeholder layers: the learned scales start from them."""
     torch.manual_seed(0)
     enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
-    q = anacuda.convert(enc, recipe="bitnet", weight_eps="learned", head=None)
-    q(torch.randn(2, 5, 16))
-    w = enc.self_attn.in_proj_weight.detach()
-    assert_equal(q.self_attn.in_proj_quant.weight_quant.eps.detach(), 2 * w.abs().mean())
+    q = anacuda.convert(enc, recipe="bitnet", weight_eps="learned_per_channel", head=None)
+    for attn, ref in ((q.self_attn, enc.self_attn),
+                      (anacuda.nn.TernaryMultiheadAttention(16, 2, kdim=8, weight_scale="learned"), None)):
+        for quant, weight in attn._weight_quantisers():
+            w = (weight if ref is None else dict(ref.named_parameters())[
+                "out_proj.weight" if weight is attn.out_proj.weight else "in_proj_weight"]).detach()
+            expected = 2 * (w.abs().mean(1, keepdim=True) if quant.per_channel else w.abs().mean().reshape(1))
+            assert_equal(quant.eps.detach(), expected)
 
 
 def test_learned_weight_scale_bad_input():

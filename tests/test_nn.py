@@ -382,6 +382,67 @@ def test_ddp_learned_scales_stay_replicated(tmp_path):
     assert all(a[k].ne(1).all() for k in eps)
 
 
+def _fsdp_learned_worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 16) * (1 + rank)  # the ranks' batches differ
+    out = {}
+    for prime in (False, True):
+        model = convert(mlp, weight_quantizer=Quantizer.uniform(4), activation_quantizer=Quantizer.uniform(3, signed=False),
+                        weight_eps="learned", activation_eps="learned")
+        if prime:
+            model(x)  # the activation scales from a first batch, before fully_shard (averaged over the ranks)
+        primed = model[1].eps.detach().clone()
+        for layer in (model[0], model[2]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        try:
+            opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            for _ in range(2):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                opt.step()
+        except RuntimeError as err:
+            out[prime] = str(err)
+            continue
+        out[prime] = dict(primed=primed, eps={n: p.full_tensor().detach() for n, p in model.named_parameters()
+                                              if n.endswith("eps")})
+    torch.save(out, os.path.join(out_dir, f"fsdp{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_fsdp2_keeps_learned_scales(tmp_path):
+    """FSDP2 gathers the parameters for a forward and drops what the forward writes to them:
+    weight scales are initialised when the layer is built, activation scales from a batch run
+    before fully_shard (else a clear error, never eps = 1 without a word); the ranks agree."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp_learned_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"fsdp{r}.pt") for r in (0, 1))
+    for r in (a, b):
+        assert "before fully_shard" in r[False]
+    assert_equal = torch.testing.assert_close
+    assert_equal(a[True]["primed"], b[True]["primed"], rtol=0, atol=0)
+    assert a[True]["primed"].item() != 1.0
+    assert set(a[True]["eps"]) == {"0.eps", "1.eps", "2.eps"}
+    for k in a[True]["eps"]:
+        assert_equal(a[True]["eps"][k], b[True]["eps"][k], rtol=0, atol=0)
+    # trained from the primed value (two SGD steps move it a little), not from 1
+    assert abs(a[True]["eps"]["1.eps"].item() - a[True]["primed"].item()) < 0.1 * a[True]["primed"].item()
+
+
 # --- a layer that passes no gradient says so (issue 12) ------------------------------------------
 def _anacuda_warnings(fn):
     import warnings

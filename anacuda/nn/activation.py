@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import distributed
 from .. import functional as F
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
@@ -129,7 +130,8 @@ class ANAActivation(NoiseHyperParams):
                 raise TypeError(f"anacuda: eps must be a number or a tensor, got str {config.eps!r} (the one rule of "
                                 f"an activation's eps is {LEARNED!r})")
             self.eps_mode, self.eps_grad_scale, self.eps_pending = LEARNED, True, True
-            self.eps = nn.Parameter(torch.ones((), dtype=torch.float32))
+            # shape (1,), not (): FSDP2's fully_shard takes no 0-d parameter
+            self.eps = nn.Parameter(torch.ones(1, dtype=torch.float32))
             return
         eps_t = as_param(1.0 if config.eps is None else config.eps, "eps", "positive", scalar=False, stored=True)
         self.register_buffer("eps", eps_t.detach().to(torch.float32).clone())
@@ -146,6 +148,8 @@ class ANAActivation(NoiseHyperParams):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if self.eps_mode == LEARNED and prefix + "eps" in state_dict:
             self.eps_pending = False  # a loaded scale is not re-initialised by the next batch
+            if state_dict[prefix + "eps"].dim() == 0:  # saved when the scale was 0-d
+                state_dict[prefix + "eps"] = state_dict[prefix + "eps"].reshape(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def eval_eps(self) -> torch.Tensor:
@@ -159,6 +163,11 @@ class ANAActivation(NoiseHyperParams):
         if self.eps_mode != LEARNED:
             return self.eps
         if self.eps_pending:  # eval too: never eps = 1 by default
+            if not torch.compiler.is_compiling() and distributed.fsdp_manages(self, "eps"):
+                # FSDP2 gathers the parameters for a forward and drops what the forward writes to them
+                raise RuntimeError("anacuda.ANAActivation: a learned activation scale is initialised from its "
+                                   "first batch, which FSDP2 would drop: run one batch through the model (or call "
+                                   "init_scale(x) on each ANAActivation) before fully_shard")
             self.init_scale(x)
         # N = every element of the batch, as the common LSQ code has it (the paper's N_F counts one
         # example's features: a gradient larger by sqrt(batch size)).

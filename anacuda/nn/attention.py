@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .ternary import TernaryLinear
+from .ternary import LearnedScaleANA, TernaryLinear
 
 
 class _Projection(nn.Module):
@@ -68,6 +68,7 @@ class TernaryMultiheadAttention(nn.MultiheadAttention):
             self.k_proj_quant = _Projection(make(self.kdim, embed_dim))
             self.v_proj_quant = _Projection(make(self.vdim, embed_dim))
         self.out_proj = make(embed_dim, embed_dim, bias)
+        self._init_learned_scales()
 
     @classmethod
     def from_float(cls, mha: nn.MultiheadAttention, linear=TernaryLinear, **linear_options):
@@ -87,7 +88,25 @@ class TernaryMultiheadAttention(nn.MultiheadAttention):
         new.out_proj.weight = mha.out_proj.weight
         if mha.out_proj.bias is not None:
             new.out_proj.bias = mha.out_proj.bias
+        new._init_learned_scales()
         return new.train(mha.training)
+
+    def _init_learned_scales(self):
+        """Learned weight scales (weight_scale="learned"...) from this attention's own weights, not
+        from the placeholder layers whose quantisers the projections took."""
+        for quant, weight in self._weight_quantisers():
+            if isinstance(quant, LearnedScaleANA):
+                quant.init_scale(weight)
+
+    def _weight_quantisers(self):
+        """(weight quantiser, the weight it quantises) of every projection."""
+        if self._qkv_same_embed_dim:
+            pairs = [(self.in_proj_quant.weight_quant, self.in_proj_weight)]
+        else:
+            pairs = [(self.q_proj_quant.weight_quant, self.q_proj_weight),
+                     (self.k_proj_quant.weight_quant, self.k_proj_weight),
+                     (self.v_proj_quant.weight_quant, self.v_proj_weight)]
+        return pairs + [(self.out_proj.weight_quant, self.out_proj.weight)]
 
     def forward(self, query, key, value, key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True, is_causal: bool = False):

@@ -16,7 +16,7 @@ from torch import nn
 from .activation import NoiseHyperParams
 from .attention import TernaryMultiheadAttention, disable_fast_path
 from .layers import AlphaBlendWeight, ANAWeight
-from .ternary import BitLinear, TernaryLinear
+from .ternary import BitLinear, LearnedScaleANA, TernaryLinear
 
 #: recipe name -> the layer every Linear becomes.
 RECIPES = {"bitnet": BitLinear, "bitnet_ana": TernaryLinear}
@@ -125,6 +125,8 @@ def convert_transformer(model: nn.Module, recipe: str, *, head: Union[str, List[
         new.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=w.requires_grad) if transposed else w
         if m.bias is not None:
             new.bias = m.bias
+        if isinstance(new.weight_quant, LearnedScaleANA):
+            new.weight_quant.init_scale(new.weight)  # from the model's weight, not the placeholder's
         return new.train(m.training)
 
     def quantised_inputs(name: str, projections):

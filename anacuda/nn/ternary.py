@@ -111,43 +111,37 @@ class DynamicScaleANA(NoiseHyperParams):
 
 class LearnedScaleANA(DynamicScaleANA):
     """DynamicScaleANA with a learned eps (SPEC §8) for a weight: an nn.Parameter of one value
-    (``per_channel=False``) or one per output channel (dim 0, shape (C, 1, ...) for a weight of
-    `shape`), initialised as LSQ does, 2 mean|w| / sqrt(q_K), from the first weight it quantises
-    (or ``init_scale(w)``; a loaded state_dict is not re-initialised), trained with LSQ's gradient
-    scale 1 / sqrt(N q_K) (``eps_grad_scale``) and kept positive by a floor that passes the
-    gradient (anacuda/nn/learned_scale.py). The first weight is the layer's own, the same on every
-    rank, whichever Parameter the layer holds by then (convert hands the model's own to it)."""
+    (``per_channel=False``; shape (1,), as FSDP2 takes no 0-d parameter) or one per output
+    channel (dim 0, shape (C, 1, ...)), initialised as LSQ does, 2 mean|w| / sqrt(q_K), from
+    `weight` when it is built (``init_scale(w)`` redoes it: convert does so once it has handed the
+    layer the model's own weight), trained with LSQ's gradient scale 1 / sqrt(N q_K)
+    (``eps_grad_scale``) and kept positive by a floor that passes the gradient
+    (anacuda/nn/learned_scale.py). Initialised outside the forward, so that FSDP2, which gathers
+    parameters for a forward and drops what the forward writes to them, keeps it."""
 
-    def __init__(self, shape, per_channel: bool = False, quantizer: Optional[Quantizer] = None, noise: str = "uniform",
-                 strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5, backward_noise=None, blend: bool = False):
+    def __init__(self, weight: torch.Tensor, per_channel: bool = False, quantizer: Optional[Quantizer] = None,
+                 noise: str = "uniform", strategy: str = "mode", mu: Param = 0.0, sigma: Param = 0.5,
+                 backward_noise=None, blend: bool = False):
         super().__init__("absmean_per_channel" if per_channel else "absmean", quantizer, noise, strategy, mu, sigma,
                          backward_noise, blend)
         self.rule = LEARNED_SCALES[1] if per_channel else LEARNED_SCALES[0]
-        shape = tuple(shape)
-        self.eps = nn.Parameter(torch.ones((shape[0],) + (1,) * (len(shape) - 1) if per_channel else ()))
-        self.eps_grad_scale, self.eps_pending = True, True
+        self.per_channel = per_channel
+        shape = (weight.shape[0],) + (1,) * (weight.dim() - 1) if per_channel else (1,)
+        self.eps = nn.Parameter(torch.empty(shape, device=weight.device))
+        self.eps_grad_scale = True
+        self.init_scale(weight)
 
     @torch.no_grad()
     def init_scale(self, w: torch.Tensor) -> None:
         """LSQ's initialisation from the weight w."""
-        self.eps.copy_(lsq_init(w, self.quantizer, per_channel=self.eps.dim() > 0))
-        self.eps_pending = False
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "eps" in state_dict:
-            self.eps_pending = False  # a loaded scale is not re-initialised by the next forward
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.eps.copy_(lsq_init(w, self.quantizer, per_channel=self.per_channel).reshape(self.eps.shape))
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
-        if self.eps_pending:
-            self.init_scale(w)
         shared = w.numel() // max(1, self.eps.numel())
         return effective_eps(self.eps, shared, self.quantizer, self.eps_grad_scale)
 
     @torch.no_grad()
     def eval_scale(self, w: torch.Tensor) -> torch.Tensor:
-        if self.eps_pending:
-            self.init_scale(w)
         return self.eps.detach().clamp(min=floor_of(self.eps.dtype))
 
 
@@ -217,8 +211,8 @@ class TernaryLinear(nn.Linear):
             _or(activation_strategy, strategy), _or(activation_mu, mu), _or(activation_sigma, sigma),
             _or(activation_backward_noise, backward_noise), blend)
         if weight_scale in LEARNED_SCALES:
-            self.weight_quant = LearnedScaleANA(self.weight.shape, weight_scale == LEARNED_SCALES[1],
-                                                Quantizer.ternary(), noise, strategy, mu, sigma, backward_noise, blend)
+            self.weight_quant = LearnedScaleANA(self.weight, weight_scale == LEARNED_SCALES[1], Quantizer.ternary(),
+                                                noise, strategy, mu, sigma, backward_noise, blend)
         else:
             self.weight_quant = DynamicScaleANA(weight_scale, Quantizer.ternary(), noise, strategy, mu, sigma,
                                                 backward_noise, blend)
