@@ -194,7 +194,7 @@ class TernaryLinear(nn.Linear):
                  activation_backward_noise=None, norm: bool = False, blend: bool = False):
         _check_features(in_features, "in_features")
         _check_features(out_features, "out_features")
-        if (weight_scale not in SCALE_RULES and weight_scale not in LEARNED_SCALES) or weight_scale == "absmax_per_token":
+        if weight_scale not in (*SCALE_RULES, *LEARNED_SCALES) or weight_scale == "absmax_per_token":
             raise ValueError("anacuda.TernaryLinear: weight_scale must be 'absmean', 'absmean_per_channel', 'absmax', "
                              f"'absmax_per_channel', 'learned' or 'learned_per_channel', got {weight_scale!r}")
         if activation_bits is not None and (isinstance(activation_bits, bool) or

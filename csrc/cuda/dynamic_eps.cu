@@ -19,7 +19,7 @@ namespace {
 constexpr int kScaleThreads = 256;
 constexpr int64_t kChunk = 4096;  // elements: 16 per thread
 
-// The block's partials a combined in a fixed tree in shared memory; every thread gets the result,
+// The block's partials combined in a fixed tree in shared memory; every thread gets the result,
 // and shared may be reused on return.
 template <typename R>
 __device__ inline typename R::acc_t block_combine(typename R::acc_t* shared, typename R::acc_t a) {
