@@ -352,6 +352,14 @@ def _ddp_learned_worker(rank, world, port, out_dir):
     g = torch.Generator().manual_seed(1)
     X, Y = torch.randn(3, 8, 1, 8, 8, generator=g), torch.randint(10, (3, 8), generator=g)
     X[:, 4:] *= 5  # the ranks' first batches differ in scale
+    if rank == 0:  # an evaluation on one rank before training: an error, not a collective left waiting
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(X[0, :2])
+        except RuntimeError as err:
+            torch.save(str(err), os.path.join(out_dir, "eval_error.pt"))
+        model.train()
     for step in range(3):
         opt.zero_grad()
         xs, ys = X[step].chunk(world)[rank], Y[step].chunk(world)[rank]
@@ -380,6 +388,7 @@ def test_ddp_learned_scales_stay_replicated(tmp_path):
             continue  # DDP keeps each rank's BN statistics
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
     assert all(a[k].ne(1).all() for k in eps)
+    assert "before evaluating" in torch.load(tmp_path / "eval_error.pt")
 
 
 def _fsdp_learned_worker(rank, world, port, out_dir):

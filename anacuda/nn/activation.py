@@ -13,7 +13,7 @@ from .. import functional as F
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
 from ..scale import LEARNED
-from .learned_scale import effective_eps, floor_of, lsq_init, replicas_mean
+from .learned_scale import effective_eps, floor_of, lsq_init, replicas_mean, several_processes
 
 
 def _buffer(value: Param) -> torch.Tensor:
@@ -123,9 +123,9 @@ class ANAActivation(NoiseHyperParams):
         self.eps_mode = None
         if isinstance(config.eps, str):
             # A learned eps (SPEC §8, anacuda/nn/learned_scale.py): one value, LSQ's initialisation
-            # from the first batch, in training or eval, averaged over the ranks of a distributed
-            # run (or init_scale(x); do it before torch.compile, whose guard on the pending flag
-            # would otherwise recompile once), LSQ's gradient scale.
+            # from the first batch (in eval too, in one process), averaged over the ranks of a
+            # distributed run (or init_scale(x); do it before torch.compile, whose guard on the
+            # pending flag would otherwise recompile once), LSQ's gradient scale.
             if config.eps != LEARNED:
                 raise TypeError(f"anacuda: eps must be a number or a tensor, got str {config.eps!r} (the one rule of "
                                 f"an activation's eps is {LEARNED!r})")
@@ -163,6 +163,11 @@ class ANAActivation(NoiseHyperParams):
         if self.eps_mode != LEARNED:
             return self.eps
         if self.eps_pending:  # eval too: never eps = 1 by default
+            if not self.training and several_processes():
+                # a collective that an evaluation on some of the ranks only would leave waiting
+                raise RuntimeError("anacuda.ANAActivation: a learned activation scale is initialised from its first "
+                                   "batch, averaged over the ranks (a collective): run a training batch on every "
+                                   "rank, or call init_scale(x) on every rank, before evaluating")
             if not torch.compiler.is_compiling() and distributed.fsdp_manages(self, "eps"):
                 # FSDP2 gathers the parameters for a forward and drops what the forward writes to them
                 raise RuntimeError("anacuda.ANAActivation: a learned activation scale is initialised from its "

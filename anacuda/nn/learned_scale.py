@@ -14,7 +14,11 @@ dtype's smallest normal number where EPS_FLOOR would round to 0 (float16).
 
 Initialisation of an activation's scale from its first batch: under torch.distributed, every
 rank's first batch takes part (the ranks' values are averaged), so the replicas start from the
-same scale; DDP broadcasts parameters only when it wraps the model, before that batch.
+same scale; DDP broadcasts parameters only when it wraps the model, before that batch. That
+average is a collective, so with several processes the first batch must be a training one (an
+evaluation first, often run on one rank, is refused rather than left waiting); under FSDP2,
+which drops what a forward writes to the parameters it gathered, it must come before
+fully_shard (ANAActivation.activation_eps says so).
 """
 
 from __future__ import annotations
@@ -69,13 +73,18 @@ def effective_eps(eps: torch.Tensor, shared: int, quantizer: Quantizer, grad_sca
     return _LearnedEps.apply(eps, floor_of(eps.dtype), scale)
 
 
+def several_processes() -> bool:
+    """Whether torch.distributed's default group runs with more than one process."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @torch.compiler.disable  # a collective: eager, also inside a compiled forward
 def replicas_mean(t: torch.Tensor) -> torch.Tensor:
     """t averaged over the processes of torch.distributed's default group when one runs with more
     than one process (a collective: every rank calls it), else t."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if not several_processes():
         return t
     t = t.clone()
-    dist.all_reduce(t)
-    return t / dist.get_world_size()
+    torch.distributed.all_reduce(t)
+    return t / torch.distributed.get_world_size()
