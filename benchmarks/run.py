@@ -85,7 +85,8 @@ CPU_TARGETS = [("W1", "fake_quantize", "fwd", 1.0), ("W1", "eager_ste", "fwd", 2
                ("W6a", "pytorch_learnable", "fwdbwd", 2.0), ("W6a", "compiled_composite", "fwdbwd", 1.5),
                ("W6b", "pytorch_learnable", "fwdbwd", 2.0), ("W6b", "compiled_composite", "fwdbwd", 1.5),
                ("W7", "compiled_bitnet", "fwdbwd", 2.0)]
-GPU_TARGETS = {"W1": 0.85, "W3": 0.85, "W4": 0.85, "W2": 0.70, "W6a": 0.80, "W6b": 0.80, "W7": 0.80}
+# W6b's bandwidth at the run's size (2^24 in make gpu-check); W6a is a fixed weight, too small for it.
+GPU_TARGETS = {"W1": 0.85, "W3": 0.85, "W4": 0.85, "W2": 0.70, "W6b": 0.80, "W7": 0.80}
 # (workload, implementation, direction, required anacuda speed-up) on a GPU.
 GPU_SPEEDUPS = [("W6a", "pytorch_learnable", "fwdbwd", 2.0), ("W6b", "pytorch_learnable", "fwdbwd", 2.0)]
 

@@ -13,7 +13,7 @@ from .. import functional as F
 from ..config import ANAConfig
 from ..quantizer import Param, Quantizer, as_param
 from ..scale import LEARNED
-from .learned_scale import effective_eps, floor_of, lsq_init, replicas_mean, several_processes
+from .learned_scale import effective_eps, floored, lsq_init, replicas_mean, several_processes
 
 
 def _buffer(value: Param) -> torch.Tensor:
@@ -156,7 +156,7 @@ class ANAActivation(NoiseHyperParams):
         """The eps of the eval forward, detached (for freeze): a learned one floored."""
         if self.eps_mode != LEARNED:
             return self.eps.detach()
-        return self.eps.detach().clamp(min=floor_of(self.eps.dtype))
+        return floored(self.eps.detach())
 
     def activation_eps(self, x: torch.Tensor) -> torch.Tensor:
         """The eps this forward uses (for a learned one: floored, with LSQ's gradient scale)."""

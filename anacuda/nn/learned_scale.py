@@ -52,25 +52,30 @@ def floor_of(dtype: torch.dtype) -> float:
     return max(EPS_FLOOR, torch.finfo(dtype).tiny)
 
 
+def floored(eps: torch.Tensor) -> torch.Tensor:
+    """max(eps, the floor of eps's dtype): the value the op gets from a learned eps."""
+    return eps.clamp(min=floor_of(eps.dtype))
+
+
 class _LearnedEps(torch.autograd.Function):
     """max(eps, floor) forward; backward the identity times `scale` (LSQ's 1 / sqrt(N q_K), or 1):
     the gradient passes the floor, so a parameter below it still moves."""
 
     @staticmethod
-    def forward(ctx, eps, floor: float, scale: float):
+    def forward(ctx, eps, scale: float):
         ctx.scale = scale
-        return eps.clamp(min=floor)
+        return floored(eps)
 
     @staticmethod
     def backward(ctx, grad):
-        return (grad * ctx.scale if ctx.scale != 1.0 else grad), None, None
+        return (grad * ctx.scale if ctx.scale != 1.0 else grad), None
 
 
 def effective_eps(eps: torch.Tensor, shared: int, quantizer: Quantizer, grad_scale: bool) -> torch.Tensor:
     """The eps the op gets from a learned parameter: floored, and with LSQ's gradient scale
     1 / sqrt(N q_K) (N = `shared`, the elements that share each value) when `grad_scale`."""
     scale = 1.0 / math.sqrt(max(1, shared) * top_level(quantizer)) if grad_scale else 1.0
-    return _LearnedEps.apply(eps, floor_of(eps.dtype), scale)
+    return _LearnedEps.apply(eps, scale)
 
 
 def several_processes() -> bool:

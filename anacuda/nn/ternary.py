@@ -24,7 +24,7 @@ from ..config import ANAConfig
 from ..quantizer import IDENTITY, SCALE_FLOOR, Param, Quantizer, grid_reach
 from ..quantizer import SCALE_RULES as _RULES
 from .activation import NoiseHyperParams
-from .learned_scale import effective_eps, floor_of, lsq_init
+from .learned_scale import effective_eps, floored, lsq_init
 
 #: The rules of SPEC §9 (channel = dim 0): eps = max(r(|x|), SCALE_FLOOR) / c; anacuda.quantizer's.
 SCALE_RULES = tuple(_RULES)
@@ -142,7 +142,7 @@ class LearnedScaleANA(DynamicScaleANA):
 
     @torch.no_grad()
     def eval_scale(self, w: torch.Tensor) -> torch.Tensor:
-        return self.eps.detach().clamp(min=floor_of(self.eps.dtype))
+        return floored(self.eps.detach())
 
 
 def _check_features(n, name: str) -> int:

@@ -15,7 +15,6 @@
 // backward returns one gradient per argument of the schema; an undefined incoming gradient (of y
 // where only the code or scale output is used) gives none.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -24,7 +23,7 @@
 #include <string>
 #include <tuple>
 
-#include "../common/params.h"
+#include "host_args.h"
 
 namespace anacuda {
 namespace {
@@ -218,13 +217,8 @@ using DynamicSignature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&
 // host for a real CPU scale only: a GPU's would need a synchronisation, a traced one has no values.
 bool all_valid_on_host(const Tensor& eps) {
   constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
-  if (!eps.device().is_cpu() || eps.key_set().has_any(traced) || !eps.is_contiguous()) return false;
-  return AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "anacuda::all_valid_on_host", [&] {
-    const scalar_t* e = eps.const_data_ptr<scalar_t>();
-    bool ok = true;
-    for (int64_t i = 0; i < eps.numel(); ++i) ok &= valid_eps(e[i]);
-    return ok;
-  });
+  if (!eps.device().is_cpu() || eps.key_set().has_any(traced)) return false;
+  return all_valid_eps(eps);  // the scale is in the compute type (float or double)
 }
 
 class AnaDynamic : public torch::autograd::Function<AnaDynamic> {
