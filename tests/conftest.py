@@ -145,8 +145,9 @@ def assert_close(actual, expected, dtype=None, scale: float = 1.0, mask=None, ms
         )
 
 
-def assert_equal(actual, expected, mask=None, msg: str = ""):
-    """Bitwise equal values (NaN matching NaN), same shape and dtype."""
+def assert_equal(actual, expected, mask=None, msg: str = "", zero_sign: bool = False):
+    """Equal values (NaN matching NaN), same shape and dtype; with zero_sign, -0 is not +0 (the
+    same bits, for two paths of one kernel; a reference's arithmetic may give either zero)."""
     assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{msg}: dtype {actual.dtype} != {expected.dtype}"
     a, e = actual.detach().cpu(), expected.detach().cpu()
@@ -154,6 +155,8 @@ def assert_equal(actual, expected, mask=None, msg: str = ""):
         m = mask.detach().cpu().expand(a.shape)
         a, e = a[m], e[m]
     same = (a == e) | (torch.isnan(a) & torch.isnan(e))
+    if zero_sign:
+        same &= torch.isnan(a) | (torch.signbit(a) == torch.signbit(e))
     if not bool(same.all()):
         idx = torch.nonzero(~same)[:5].flatten().tolist()
         raise AssertionError(

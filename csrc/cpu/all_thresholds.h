@@ -299,6 +299,10 @@ void block_forward(const ThresholdTable<T>& s, BlockForward kind, const scalar_t
   at::parallel_for(0, n, kBlockGrain, [&](int64_t begin, int64_t end) {
     T a[kBlock], acc[kBlock], nu[kBlock], f[kBlock];
     for_each_eps_block<kBlock>(eps, begin, end, [&](int64_t i, int64_t m, auto e) {
+      if constexpr (std::is_same_v<decltype(e), OneEps<T>>) {  // LSQ's forward: one pass, the same bits
+        if (kind == BlockForward::Hard && code.ptr == nullptr && s.arithmetic && s.ag.exact)
+          return exact_hard_block(s.ag, x + i, y + i, m, e.e, mu);
+      }
       shifted(x + i, m, e, mu, a);
       if (code.ptr != nullptr) {  // from the noise-free a, as _ana_code computes it
         if (code.mu == mu) {

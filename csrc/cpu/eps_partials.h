@@ -14,6 +14,10 @@ namespace anacuda {
 
 template <typename T> void sum_partials(const EpsReduction& r, const std::vector<T>& partial, T* ge) {
   const int64_t pieces = r.pieces();
+  if (pieces == 1) {  // the tree below adds only zeros to the one partial: its + 0, without threads
+    for (int64_t c = 0; c < r.channels; ++c) ge[c] = partial[c] + T(0);
+    return;
+  }
   at::parallel_for(0, r.channels, std::max<int64_t>(1, kPiece / pieces), [&](int64_t begin, int64_t end) {
     T acc[kLanes];
     for (int64_t c = begin; c < end; ++c) {

@@ -6,7 +6,9 @@
 // thresholds) or by arithmetic (arithmetic_grid.h: an even grid of any size), and the
 // derivative is the sum of the boxes holding u - mu_b over the thresholds (few), or, where the
 // boxes tile [lower_0, upper_K-1) with equal terms (LSQ's sigma_b = half a step on an even grid),
-// that one term inside and 0 outside: the same sum, for any K. False: the functors compute it.
+// that one term inside and 0 outside: the same sum, for any K. LSQ itself in float under AVX-512
+// (a unit grid, arithmetic_grid.h) runs all of it in one pass, in registers: lsq_unit_block.
+// False: the functors compute it.
 #pragma once
 
 #include "all_thresholds.h"
@@ -14,6 +16,46 @@
 
 namespace anacuda {
 namespace CPU_CAPABILITY {
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The loops of eps_grad_fast below on a unit grid (arithmetic_grid.h) with mu = mu_b = 0, float,
+// fused and 16 lanes at a time, the same operations, so the same bits: the level by
+// unit_levels' maths; outside the boxes (+-inf included) d = 0 and the term is the level itself, as
+// the functor's; a NaN gives NaN in both gradients (its level is NaN, and d is NaN for grad_x).
+inline void lsq_unit_block(const ArithmeticGrid<float>& s, const float* x, const float* g, float* gx, int64_t n,
+                           float e, float lower, float upper, float inside, float* acc) {
+  const __m512 ev = _mm512_set1_ps(e), q0 = _mm512_set1_ps(s.q0), qK = _mm512_set1_ps(s.q0 + (s.last + 1.0f));
+  const __m512 lo = _mm512_set1_ps(lower), hi = _mm512_set1_ps(upper), in = _mm512_set1_ps(inside);
+  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+  // Lane results: acc's term and the gradient of x (masked loads and stores only at the tail:
+  // on AMD Zen 4 a masked store delays the loads that follow it).
+  const auto lane = [&](__m512 xv, __m512 gv, __m512 av, __m512& dx) {
+    // unit_levels by its floor: the one op fewer leaves a -0 level at u = -0, inside the boxes
+    // (q_0 < 0 < q_K), where the term -0 - (-0 * inside) is the functor's +0 - (-0 * inside).
+    const __m512 u = _mm512_div_ps(xv, ev), f = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 up = _mm512_mask_add_ps(f, _mm512_cmp_ps_mask(_mm512_sub_ps(u, f), half, _CMP_GE_OQ), f, one);
+    const __m512 v = _mm512_min_ps(qK, _mm512_max_ps(q0, up));
+    // u in [lower, upper) or NaN; u - u is 0 there, NaN for a NaN.
+    const __mmask16 box = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(u, lo, _CMP_NLT_UQ), u, hi, _CMP_NGE_UQ);
+    const __m512 term = _mm512_sub_ps(v, _mm512_maskz_mul_ps(box, u, in));  // v - u * d, d = inside or 0
+    dx = _mm512_mul_ps(gv, _mm512_maskz_add_ps(box, in, _mm512_sub_ps(u, u)));
+    return _mm512_add_ps(av, _mm512_mul_ps(gv, term));
+  };
+  __m512 dx;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    _mm512_storeu_ps(acc + j, lane(_mm512_loadu_ps(x + j), _mm512_loadu_ps(g + j), _mm512_loadu_ps(acc + j), dx));
+    if (gx != nullptr) _mm512_storeu_ps(gx + j, dx);
+  }
+  if (j < n) {
+    const __mmask16 m = tail_mask(n - j);
+    const __m512 av = lane(_mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, g + j),
+                           _mm512_maskz_loadu_ps(m, acc + j), dx);
+    _mm512_mask_storeu_ps(acc + j, m, av);
+    if (gx != nullptr) _mm512_mask_storeu_ps(gx + j, m, dx);
+  }
+}
+#endif
 
 template <typename scalar_t, typename T>
 bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& pb, const EpsReduction& r,
@@ -50,6 +92,11 @@ bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& 
   const Standardize<T> z(sigma_b);
   const T inf = std::numeric_limits<T>::infinity();
   const bool inverse = z.inv < inf;  // Standardize's choice, made once
+  // LSQ itself (lsq_unit_block): boxes that tile a unit grid, mu = mu_b = 0, levels on both sides of 0.
+  const ArithmeticGrid<T>* grid = few ? (table.arithmetic ? &table.ag : nullptr) : &arithmetic;
+  [[maybe_unused]] const bool unit = tiles && grid != nullptr && grid->unit && mu == T(0) && mu_b == T(0) &&
+                                     grid->q0 < T(0) && grid->q0 + (grid->last + T(1)) > T(0);
+  [[maybe_unused]] const T inside = inverse ? h * z.inv : h / z.sigma;  // z(h), d inside the boxes
   const int64_t pieces = r.pieces();
   std::vector<T> partial(r.tasks());
   at::parallel_for(0, r.tasks(), 4, [&](int64_t begin, int64_t end) {
@@ -63,6 +110,14 @@ bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& 
       for (int64_t j0 = start; j0 < stop; j0 += kLanes) {
         const int64_t len = std::min<int64_t>(kLanes, stop - j0), i0 = r.element(ch, j0);
         const scalar_t *xi = x + i0, *gi = g + i0;
+#if defined(CPU_CAPABILITY_AVX512)
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (unit) {
+            lsq_unit_block(*grid, xi, gi, gx == nullptr ? nullptr : gx + i0, len, e, lo, hi, inside, acc);
+            continue;
+          }
+        }
+#endif
         for (int64_t l = 0; l < len; ++l) {
           u[l] = static_cast<T>(xi[l]) / e;
           a[l] = u[l] - mu_f;
