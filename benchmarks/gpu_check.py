@@ -682,7 +682,8 @@ def child_bench(args) -> int:
         # One failure must not hide the other figures: without fake_quantize, then without the workload.
         for keep in ([impls, {"anacuda": impls["anacuda"]}] if len(impls) > 1 else [impls]):
             try:
-                rows += bench.bench_workload(dataclasses.replace(w, impls=keep), args.device, args.repeat, 1.0)
+                rows += bench.bench_workload(dataclasses.replace(w, impls=keep), args.device, args.repeat,
+                                             budget=1.0, warm_s=0.1)
                 break
             except Exception as err:
                 errors.append(f"{w.name} ({', '.join(keep)}): {type(err).__name__}: {err}")

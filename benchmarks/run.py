@@ -1,6 +1,7 @@
 """`make bench`: every workload's implementations side by side in one run, forward and
 forward+backward, against the machine's limit measured in the same run. Prints a markdown
-table (median times, anacuda's speed-up, effective GB/s, fraction of the limit) and the
+table (median times over interleaved rounds, anacuda's speed-up as the median of each round's
+ratio, effective GB/s, fraction of the limit) and the
 targets of the benchmark issue with their ratios; saves JSON (machine, torch, threads) and a
 PNG plot."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -18,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the workloads beside, anacuda in the repo root
 
 import anacuda  # noqa: E402
-from timing import machine, median_seconds  # noqa: E402
+from timing import calls_per_sample, interleaved, machine, paired_ratio  # noqa: E402
 from workloads import limits, timed_calls, workloads  # noqa: E402
 
 
@@ -37,22 +39,41 @@ def check_same_forward(w, x, impls):
             raise AssertionError(f"{w.name}: {name} does not compute the same forward as anacuda")
 
 
-def bench_workload(w, device, repeat, budget):
+def bench_workload(w, device, repeat, sample_s=5e-3, budget=60.0, warm_s=1.0):
+    """The limits and every implementation, forward and forward+backward, timed in `repeat`
+    interleaved rounds (timing.interleaved: each round times every one of them moments apart, so
+    a shared machine's changing load, page faults above all, hits all alike). Medians per call,
+    and anacuda's speed-ups as paired ratios (the median over rounds of a round's ratio). A sample
+    runs a short call several times back to back (about `sample_s` seconds), after `warm_s`
+    seconds of calls of each; the rounds stop after `budget` seconds (at least 3: the slow
+    references)."""
     x = w.make_input(device)
     g = torch.ones_like(x)
     nbytes = x.numel() * x.element_size()
     check_same_forward(w, x, w.impls)
     lim = limits(x, g)
-    t_clone = median_seconds(lim["fwd"], repeat=repeat)
-    t_mul = median_seconds(lim["bwd"], repeat=repeat)
-    rows = []
+    fns = {("limit", "fwd"): lim["fwd"], ("limit", "bwd"): lim["bwd"]}
     for name, fn in w.impls.items():
-        fwd, fwdbwd = timed_calls(fn, x, g)
+        fns[(name, "fwd")], fns[(name, "fwdbwd")] = timed_calls(fn, x, g)
+    for f in fns.values():  # warm: a compiled function runs slowly for about its first second
+        t0 = time.perf_counter()
+        while True:
+            f()
+            if time.perf_counter() - t0 > warm_s:
+                break
+    inner = {k: calls_per_sample(f, sample_s) for k, f in fns.items()}
+    samples, errors = interleaved(fns, rounds=repeat, inner=inner, budget=budget)
+    if errors:
+        raise RuntimeError(f"{w.name}: {errors}")
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    t_clone, t_mul = med[("limit", "fwd")], med[("limit", "bwd")]
+    rows = []
+    for name in w.impls:
         row = dict(workload=w.name, title=w.title, device=device, impl=name, numel=x.numel(),
                    dtype=str(x.dtype).replace("torch.", ""), note=w.notes.get(name, ""))
-        for key, f in (("fwd", fwd), ("fwdbwd", fwdbwd)):
-            t = median_seconds(f, repeat=repeat, budget=budget)
-            row[f"{key}_s"] = t
+        for key in ("fwd", "fwdbwd"):
+            row[f"{key}_s"] = med[(name, key)]
+            row[f"{key}_speedup"] = paired_ratio(samples[(name, key)], samples[("anacuda", key)])
         row["fwd_gbps"] = 2 * nbytes / row["fwd_s"] / 1e9
         row["fwdbwd_gbps"] = 5 * nbytes / row["fwdbwd_s"] / 1e9
         row["limit_fwd_s"], row["limit_fwdbwd_s"] = t_clone, t_clone + t_mul
@@ -65,12 +86,10 @@ def bench_workload(w, device, repeat, budget):
 def table(rows) -> str:
     out = ["| workload | implementation | fwd ms | fwd+bwd ms | anacuda speed-up fwd | fwd+bwd | fwd GB/s "
            "| limit/time fwd | fwd+bwd |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    ana = {(r["workload"], r["device"]): r for r in rows if r["impl"] == "anacuda"}
     for r in rows:
-        a = ana[(r["workload"], r["device"])]
         out.append(
             f"| {r['workload']} {r['title']} ({r['dtype']}, {r['device']}) | {r['impl']} | {r['fwd_s'] * 1e3:.3f} | "
-            f"{r['fwdbwd_s'] * 1e3:.3f} | {r['fwd_s'] / a['fwd_s']:.2f}x | {r['fwdbwd_s'] / a['fwdbwd_s']:.2f}x | "
+            f"{r['fwdbwd_s'] * 1e3:.3f} | {r['fwd_speedup']:.2f}x | {r['fwdbwd_speedup']:.2f}x | "
             f"{r['fwd_gbps']:.1f} | {r['limit_fwd_s'] / r['fwd_s']:.2f} | {r['limit_fwdbwd_s'] / r['fwdbwd_s']:.2f} |")
     return "\n".join(out)
 
@@ -101,7 +120,7 @@ def _speedups(by, wanted):
             got = a[f"limit_{d}_s"] / a[f"{d}_s"]
             what = f"{w} {d}: limit (clone + multiply) / anacuda"
         elif (w, impl) in by:
-            got = by[(w, impl)][f"{d}_s"] / a[f"{d}_s"]
+            got = by[(w, impl)][f"{d}_speedup"]
             what = f"{w} {d}: anacuda vs {impl}"
         else:
             continue
@@ -161,7 +180,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--numel", type=int, default=None, help="elements of W1-W3 (default 2^22 CPU, 2^26 GPU)")
     p.add_argument("--repeat", type=int, default=15)
-    p.add_argument("--budget", type=float, default=5.0, help="seconds at most per timing")
+    p.add_argument("--sample-ms", type=float, default=5.0, help="back-to-back calls per sample, in ms at most")
+    p.add_argument("--budget", type=float, default=60.0, help="seconds of rounds per workload (at least 3 rounds)")
     p.add_argument("--device", action="append", help="cpu and/or cuda (default: every one present)")
     p.add_argument("--only", action="append", help="workload names to run (default: all)")
     args = p.parse_args(argv)
@@ -174,9 +194,9 @@ def main(argv=None):
         for w in workloads(numel):
             if args.only and w.name not in args.only:
                 continue
-            rows += bench_workload(w, device, args.repeat, args.budget)
+            rows += bench_workload(w, device, args.repeat, args.sample_ms * 1e-3, args.budget)
         meta = dict(machine=machine(device), device=device, torch=torch.__version__, threads=torch.get_num_threads(),
-                    anacuda=anacuda.build_info(), date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - t0))
+                    anacuda=anacuda.build_info(), date=time.strftime("%Y-%m-%d %H:%M"), seconds=round(time.time() - t0))
         text = table(rows)
         goals = targets(rows, device)
         print(f"\nMachine: {meta['machine']}; torch {meta['torch']}\n\n{text}\n\nTargets:\n{goals}")

@@ -35,6 +35,12 @@ def median_seconds(fn, *args, repeat: int = 15, warmup: int = 1, budget: float =
 def calls_per_sample(fn, target: float) -> int:
     """How many back-to-back calls of `fn` take about `target` seconds (at least 1): small-tensor
     calls are timed in batches, so the clock's resolution and a stray context switch weigh less."""
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    if time.perf_counter() - t0 >= target:  # a slow call: one per sample, without nine more to learn it
+        return 1
     times = []
     for i in range(10):  # the median of 7 calls after 3 warm-up calls: one slow call (a cold cache,
         _sync()          # a context switch) would otherwise set every sample of the run too short
@@ -47,8 +53,9 @@ def calls_per_sample(fn, target: float) -> int:
     return max(1, min(100_000, math.ceil(target / one)))
 
 
-def interleaved(fns: dict, rounds: int, inner=1, warmup: int = 1):
-    """Times the variants `fns` (name -> fn()) in `rounds` rounds; each round runs every variant
+def interleaved(fns: dict, rounds: int, inner=1, warmup: int = 1, budget: float = float("inf")):
+    """Times the variants `fns` (name -> fn()) in `rounds` rounds (fewer once `budget` seconds
+    are spent, at least 3); each round runs every variant
     `inner` times back to back (an int, or name -> int), in an order rotated round by round so
     no variant always follows the same one. Returns (samples, errors): samples[name] is the list
     of per-call seconds, one per round; errors[name] is the message of a variant whose warm-up
@@ -64,7 +71,10 @@ def interleaved(fns: dict, rounds: int, inner=1, warmup: int = 1):
             errors[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
     n = {name: inner[name] if isinstance(inner, dict) else inner for name in live}
     samples = {name: [] for name in live}
+    start = time.perf_counter()
     for r in range(rounds):
+        if r >= 3 and time.perf_counter() - start > budget:
+            break
         k = r % len(live) if live else 0
         for name in live[k:] + live[:k]:
             fn = fns[name]
