@@ -93,8 +93,10 @@ bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& 
   const T inf = std::numeric_limits<T>::infinity();
   const bool inverse = z.inv < inf;  // Standardize's choice, made once
   // LSQ itself (lsq_unit_block): boxes that tile a unit grid, mu = mu_b = 0, levels on both sides of 0.
-  const ArithmeticGrid<T>* grid = few ? (table.arithmetic ? &table.ag : nullptr) : &arithmetic;
-  [[maybe_unused]] const bool unit = tiles && grid != nullptr && grid->unit && mu == T(0) && mu_b == T(0) &&
+  // (ternary and 2 bits too: the table takes their levels by selects, lsq_unit_block by arithmetic)
+  if (few && !table.arithmetic) make_arithmetic_grid(p.grid, arithmetic);
+  const ArithmeticGrid<T>* grid = few && table.arithmetic ? &table.ag : &arithmetic;
+  [[maybe_unused]] const bool unit = tiles && grid->unit && mu == T(0) && mu_b == T(0) &&
                                      grid->q0 < T(0) && grid->q0 + (grid->last + T(1)) > T(0);
   [[maybe_unused]] const T inside = inverse ? h * z.inv : h / z.sigma;  // z(h), d inside the boxes
   const int64_t pieces = r.pieces();
