@@ -1,6 +1,6 @@
-"""Wall-clock timing that synchronises CUDA, and the machine it ran on: the median of repeated
-calls (one implementation at a time), or several variants interleaved round by round (each
-round times every variant, so a load change on a shared machine hits all of them alike)."""
+"""Wall-clock timing that synchronises CUDA, and the machine it ran on: variants interleaved
+round by round (each round times every variant, so a load change on a shared machine hits all
+of them alike)."""
 
 import math
 import os
@@ -14,22 +14,6 @@ import torch
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def median_seconds(fn, *args, repeat: int = 15, warmup: int = 1, budget: float = float("inf")) -> float:
-    """Median over `repeat` calls (fewer once `budget` seconds are spent, at least 3)."""
-    for _ in range(warmup):
-        fn(*args)
-    _sync()
-    samples, start = [], time.perf_counter()
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(*args)
-        _sync()
-        samples.append(time.perf_counter() - t0)
-        if len(samples) >= 3 and time.perf_counter() - start > budget:
-            break
-    return statistics.median(samples)
 
 
 def calls_per_sample(fn, target: float) -> int:

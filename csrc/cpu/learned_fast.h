@@ -20,21 +20,16 @@ namespace CPU_CAPABILITY {
 #if defined(CPU_CAPABILITY_AVX512)
 // The loops of eps_grad_fast below on a unit grid (arithmetic_grid.h) with mu = mu_b = 0, float,
 // fused and 16 lanes at a time, the same operations, so the same bits: the level by
-// unit_levels' maths; outside the boxes (+-inf included) d = 0 and the term is the level itself, as
+// unit_levels; outside the boxes (+-inf included) d = 0 and the term is the level itself, as
 // the functor's; a NaN gives NaN in both gradients (its level is NaN, and d is NaN for grad_x).
 inline void lsq_unit_block(const ArithmeticGrid<float>& s, const float* x, const float* g, float* gx, int64_t n,
                            float e, float lower, float upper, float inside, float* acc) {
   const __m512 ev = _mm512_set1_ps(e), q0 = _mm512_set1_ps(s.q0), qK = _mm512_set1_ps(s.q0 + (s.last + 1.0f));
   const __m512 lo = _mm512_set1_ps(lower), hi = _mm512_set1_ps(upper), in = _mm512_set1_ps(inside);
-  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
   // Lane results: acc's term and the gradient of x (masked loads and stores only at the tail:
   // on AMD Zen 4 a masked store delays the loads that follow it).
   const auto lane = [&](__m512 xv, __m512 gv, __m512 av, __m512& dx) {
-    // unit_levels by its floor: the one op fewer leaves a -0 level at u = -0, inside the boxes
-    // (q_0 < 0 < q_K), where the term -0 - (-0 * inside) is the functor's +0 - (-0 * inside).
-    const __m512 u = _mm512_div_ps(xv, ev), f = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    const __m512 up = _mm512_mask_add_ps(f, _mm512_cmp_ps_mask(_mm512_sub_ps(u, f), half, _CMP_GE_OQ), f, one);
-    const __m512 v = _mm512_min_ps(qK, _mm512_max_ps(q0, up));
+    const __m512 u = _mm512_div_ps(xv, ev), v = unit_levels(u, q0, qK);
     // u in [lower, upper) or NaN; u - u is 0 there, NaN for a NaN.
     const __mmask16 box = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(u, lo, _CMP_NLT_UQ), u, hi, _CMP_NGE_UQ);
     const __m512 term = _mm512_sub_ps(v, _mm512_maskz_mul_ps(box, u, in));  // v - u * d, d = inside or 0
@@ -92,12 +87,11 @@ bool eps_grad_fast(const AnaCall& c, const AnaParams<T>& p, const AnaParams<T>& 
   const Standardize<T> z(sigma_b);
   const T inf = std::numeric_limits<T>::infinity();
   const bool inverse = z.inv < inf;  // Standardize's choice, made once
-  // LSQ itself (lsq_unit_block): boxes that tile a unit grid, mu = mu_b = 0, levels on both sides of 0.
-  // (ternary and 2 bits too: the table takes their levels by selects, lsq_unit_block by arithmetic)
+  // LSQ itself (lsq_unit_block): boxes that tile a unit grid, mu = mu_b = 0 (ternary and 2 bits
+  // too: the table takes their levels by selects, lsq_unit_block by arithmetic).
   if (few && !table.arithmetic) make_arithmetic_grid(p.grid, arithmetic);
   const ArithmeticGrid<T>* grid = few && table.arithmetic ? &table.ag : &arithmetic;
-  [[maybe_unused]] const bool unit = tiles && grid->unit && mu == T(0) && mu_b == T(0) &&
-                                     grid->q0 < T(0) && grid->q0 + (grid->last + T(1)) > T(0);
+  [[maybe_unused]] const bool unit = tiles && grid->unit && mu == T(0) && mu_b == T(0);
   [[maybe_unused]] const T inside = inverse ? h * z.inv : h / z.sigma;  // z(h), d inside the boxes
   const int64_t pieces = r.pieces();
   std::vector<T> partial(r.tasks());
